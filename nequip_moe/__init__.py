@@ -1,0 +1,15 @@
+"""nequip-moe: multi-fidelity Mixture-of-Experts potentials for the NequIP framework.
+
+Imported by nequip at start-up through the ``nequip.extension`` entry point; it registers the
+expert-label fields.
+"""
+
+from nequip.data import register_fields
+
+from ._keys import EXPERT_KEY, ATOM_EXPERT_KEY
+from ._version import __version__  # noqa: F401
+
+register_fields(
+    node_fields=[EXPERT_KEY, ATOM_EXPERT_KEY],
+    long_fields=[EXPERT_KEY, ATOM_EXPERT_KEY],
+)

@@ -1,0 +1,98 @@
+"""Data transforms of nequip-moe."""
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import ase.data
+
+from nequip.data import AtomicDataDict
+
+from nequip_moe._composite import CompositeTypeTable
+from nequip_moe._keys import EXPERT_KEY
+
+
+class CompositeTypeMapper(torch.nn.Module):
+    """Maps (chemical species, expert label) of every atom to the model's composite ``atom_types``.
+
+    Use it in MoE configs in place of ``ChemicalSpeciesToAtomTypeMapper``. The per-atom expert
+    label is the integer field ``expert`` (an extxyz per-atom array read with
+    ``include_keys: [expert]``); label ``k`` means ``experts[k]``. Frames without labels get
+    ``default_expert`` for every atom.
+
+    Args:
+        type_names (Sequence[str]): the model's composite type names
+        composite_types (Dict[str, Dict[str, str]]): composite type -> ``{element, expert}``, as in the model config
+        experts (Sequence[str]): expert names in label order, as the keys of the model's ``experts``
+        default_expert (str or int): expert of atoms without a label (default: the first expert)
+    """
+
+    def __init__(
+        self,
+        type_names: Sequence[str],
+        composite_types: Dict[str, Dict[str, str]],
+        experts: Sequence[str],
+        default_expert: Optional[Union[str, int]] = None,
+    ):
+        super().__init__()
+        self.table = CompositeTypeTable.from_config(type_names, composite_types, experts)
+        num_experts = len(self.table.expert_names)
+        if default_expert is None:
+            default_expert = 0
+        elif isinstance(default_expert, str):
+            if default_expert not in self.table.expert_names:
+                raise ValueError(
+                    f"default_expert `{default_expert}` is not one of the experts "
+                    f"{self.table.expert_names}"
+                )
+            default_expert = self.table.expert_names.index(default_expert)
+        elif not 0 <= int(default_expert) < num_experts:
+            raise ValueError(
+                f"default_expert {default_expert} is out of range for {num_experts} experts"
+            )
+        self.default_expert = int(default_expert)
+
+        # [atomic number, expert label] -> composite type index (-1: no such composite type)
+        lookup = torch.full(
+            (len(ase.data.chemical_symbols), num_experts), -1, dtype=torch.long
+        )
+        for idx, (element, expert) in enumerate(
+            zip(self.table.elements, self.table.experts)
+        ):
+            lookup[
+                ase.data.atomic_numbers[element], self.table.expert_names.index(expert)
+            ] = idx
+        self.register_buffer("lookup_table", lookup)
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        if AtomicDataDict.ATOM_TYPE_KEY in data:
+            raise RuntimeError(f"Data already contains {AtomicDataDict.ATOM_TYPE_KEY}")
+        numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1)
+        if EXPERT_KEY in data:
+            labels = data[EXPERT_KEY].view(-1).to(torch.long)
+        else:
+            labels = torch.full_like(numbers, self.default_expert)
+        num_experts = self.lookup_table.size(1)
+        bad = (labels < 0) | (labels >= num_experts)
+        if bad.any():
+            raise ValueError(
+                f"expert labels {sorted(set(labels[bad].tolist()))} are out of range: "
+                f"labels must be 0..{num_experts - 1} for experts {self.table.expert_names}"
+            )
+        if numbers.max() >= self.lookup_table.size(0):
+            raise ValueError(f"invalid atomic numbers {numbers.max().item()}")
+        atom_types = self.lookup_table[numbers, labels]
+        missing = atom_types < 0
+        if missing.any():
+            pairs = sorted(
+                {
+                    (ase.data.chemical_symbols[z], self.table.expert_names[k])
+                    for z, k in zip(numbers[missing].tolist(), labels[missing].tolist())
+                }
+            )
+            raise ValueError(
+                "no composite type for (species, expert) "
+                + ", ".join(f"({s}, {e})" for s, e in pairs)
+                + f"; the model's composite types are {self.table.describe()}"
+            )
+        data[AtomicDataDict.ATOM_TYPE_KEY] = atom_types
+        return data

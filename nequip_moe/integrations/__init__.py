@@ -1,0 +1,1 @@
+"""Integrations of MoE models with simulation tools (ASE, LAMMPS)."""

@@ -1,0 +1,5 @@
+"""Model builders of nequip-moe."""
+
+from .moe_model import MoEModel
+
+__all__ = ["MoEModel"]

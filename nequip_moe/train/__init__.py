@@ -1,0 +1,1 @@
+"""Training pieces of nequip-moe (agreement metrics, losses, lightning module)."""
