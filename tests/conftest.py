@@ -1,0 +1,103 @@
+"""Shared fixtures: nequip's model-test fixtures, tiny EMT Pt+CO data, and a tiny trained MoE
+with its package and compiled files, each built once per test session."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from ase.io import write
+
+from pt_co_frames import make_frames
+
+# nequip's own model-test fixtures (model_dtype, atomic_batch, Cu_bulk, ...)
+pytest_plugins = ["nequip.utils.unittests.conftest"]
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+BIN = pathlib.Path(sys.executable).parent
+# nequip's test helpers call `nequip-train` etc. by name: find this environment's tools first
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def run_tool(args, cwd):
+    """Run a nequip / nequip-moe command line tool; show its output if it fails."""
+    proc = subprocess.run(
+        [str(BIN / args[0]), *map(str, args[1:])],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`{' '.join(map(str, args))}` failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def pt_co_frames_file(tmp_path_factory):
+    """Tiny EMT-labelled Pt(111)+CO and bulk Pt frames with per-atom `expert` arrays."""
+    path = tmp_path_factory.mktemp("data") / "frames.xyz"
+    write(path, make_frames())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_run(tmp_path_factory, pt_co_frames_file):
+    """Train `configs/tiny_moe.yaml` (2 Allegro experts) with `nequip-train`; returns the run dir."""
+    run_dir = tmp_path_factory.mktemp("tiny_moe_run")
+    run_tool(
+        [
+            "nequip-train",
+            "-cp",
+            CONFIGS,
+            "-cn",
+            "tiny_moe",
+            f"data_file={pt_co_frames_file}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=run_dir,
+    )
+    assert (run_dir / "best.ckpt").is_file()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_package(tiny_moe_run):
+    path = tiny_moe_run / "tiny_moe.nequip.zip"
+    run_tool(["nequip-package", "build", "best.ckpt", path], cwd=tiny_moe_run)
+    return path
+
+
+def _compile(package, target):
+    out = package.parent / f"tiny_moe_{target}.nequip.pt2"
+    run_tool(
+        [
+            "nequip-compile",
+            package,
+            out,
+            "--mode",
+            "aotinductor",
+            "--device",
+            "cpu",
+            "--target",
+            target,
+        ],
+        cwd=package.parent,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_ase_pt2(tiny_moe_package):
+    """The tiny MoE compiled with `nequip-compile --target ase` (once per session)."""
+    return _compile(tiny_moe_package, "ase")
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_pair_allegro_pt2(tiny_moe_package):
+    """The tiny MoE compiled with `nequip-compile --target pair_allegro` (once per session)."""
+    return _compile(tiny_moe_package, "pair_allegro")
