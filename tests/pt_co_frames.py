@@ -17,7 +17,7 @@ def label_regions(atoms: Atoms, depth: float = 2.5) -> np.ndarray:
 
 def slab_with_co(size=(2, 2, 3), site="ontop", rattle=0.05, seed=0) -> Atoms:
     slab = fcc111("Pt", size, vacuum=5.0, a=3.92)
-    add_adsorbate(slab, molecule("CO"), 1.9, site)
+    add_adsorbate(slab, molecule("CO"), 1.9, site, mol_index=1)
     slab.pbc = True
     slab.info.pop("adsorbate_info", None)
     rng = np.random.default_rng(seed)

@@ -40,7 +40,7 @@ def build(config, **overrides):
 
 def pt_co_slab(size=(3, 3, 3), vacuum=5.0, seed=0):
     slab = fcc111("Pt", size, vacuum=vacuum, a=3.92)
-    add_adsorbate(slab, molecule("CO"), 1.9, "ontop")
+    add_adsorbate(slab, molecule("CO"), 1.9, "ontop", mol_index=1)
     slab.pbc = True
     slab.rattle(0.05, seed=seed)
     return slab

@@ -31,7 +31,7 @@ STRUCTURES = [
 def structure(size, num_co, big_fraction, seed=0):
     slab = fcc111("Pt", size, vacuum=5.0, a=3.92)
     for i, site in enumerate(["ontop", "fcc"][:num_co]):
-        add_adsorbate(slab, molecule("CO"), 1.9, site)
+        add_adsorbate(slab, molecule("CO"), 1.9, site, mol_index=1)
     slab.pbc = True
     slab.rattle(0.04, seed=seed)
     is_pt = slab.numbers == 78

@@ -7,9 +7,9 @@ Each subcommand lives in its own module of ``nequip_moe.scripts`` that provides
 import argparse
 import sys
 
-from . import types
+from . import assign, types
 
-_SUBCOMMANDS = [types]
+_SUBCOMMANDS = [types, assign]
 
 
 def main(args=None) -> int:

@@ -1,0 +1,216 @@
+"""LAMMPS data files whose atom types are an MoE model's composite types.
+
+``pair_style allegro`` passes nothing but the atom type of each atom to the model, so an atom's
+expert travels as its composite type (design notes §3). The data files written here have one
+LAMMPS type per composite type, in the model's type order, with the element's mass and the
+composite type name as type label, so that
+``pair_coeff * * model.nequip.pt2 <type names>`` maps LAMMPS type ``t`` to model type ``t - 1``.
+Units are LAMMPS ``metal`` (Å), atom style ``atomic``.
+"""
+
+import re
+import warnings
+from typing import Dict, Optional, Sequence
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.lammps import Prism
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+
+from nequip_moe._composite import CompositeTypeTable
+from nequip_moe._keys import EXPERT_KEY
+from nequip_moe.data.regions import check_expert_labels
+
+# LAMMPS type labels: no leading digit, `#` or `*`, no whitespace
+_TYPE_LABEL = re.compile(r"^[^\d#*\s]\S*$")
+
+
+def composite_type_indices(atoms: Atoms, expert, table: CompositeTypeTable) -> np.ndarray:
+    """Model type index of every atom, from its element and expert label.
+
+    Args:
+        atoms: the structure
+        expert: per-atom expert labels; label ``k`` means ``table.expert_names[k]``
+        table: the model's composite-type table
+
+    Raises:
+        ValueError: naming every (species, expert) pair the model has no composite type for
+    """
+    labels = check_expert_labels(expert, len(atoms), table.expert_names)
+    num_experts = len(table.expert_names)
+    type_of_pair = {
+        (atomic_numbers[element], label): index
+        for index, (element, label) in enumerate(zip(table.elements, table.type_expert_index))
+    }
+    pairs, inverse, counts = np.unique(
+        atoms.numbers.astype(np.int64) * num_experts + labels,
+        return_inverse=True,
+        return_counts=True,
+    )
+    pair_types = np.array(
+        [type_of_pair.get(divmod(int(pair), num_experts), -1) for pair in pairs],
+        dtype=np.int64,
+    )
+    missing = [
+        f"{chemical_symbols[pair // num_experts]} with expert "
+        f"`{table.expert_names[pair % num_experts]}` ({count} atoms)"
+        for pair, count, t in zip(pairs.tolist(), counts.tolist(), pair_types)
+        if t < 0
+    ]
+    if missing:
+        raise ValueError(
+            "the model has no composite type for species "
+            + "; ".join(missing)
+            + f" (its composite types: {table.describe()})"
+        )
+    return pair_types[inverse.reshape(-1)]
+
+
+def pair_coeff_line(table: CompositeTypeTable, model_file: str) -> str:
+    """The ``pair_coeff`` command for data files written by ``write_lammps_data``.
+
+    Args:
+        table: the model's composite-type table
+        model_file: path of the compiled model as the LAMMPS input will name it
+    """
+    return f"pair_coeff * * {model_file} {' '.join(table.type_names)}"
+
+
+def write_lammps_data(path, atoms: Atoms, expert, table: CompositeTypeTable) -> None:
+    """Write a LAMMPS data file with one atom type per composite type of the model.
+
+    Atoms are wrapped into the cell along periodic directions; along non-periodic ones they
+    must lie inside it, as LAMMPS ``read_data`` drops atoms outside a non-periodic box.
+
+    Args:
+        path: output file
+        atoms: the structure, with a 3D cell
+        expert: per-atom expert labels; label ``k`` means ``table.expert_names[k]``
+        table: the model's composite-type table
+    """
+    types = composite_type_indices(atoms, expert, table) + 1
+    if atoms.cell.rank != 3:
+        raise ValueError(
+            "a LAMMPS data file needs a 3D cell; give the structure one "
+            "(e.g. `atoms.center(vacuum=10.0)`)"
+        )
+    fractional = atoms.cell.scaled_positions(atoms.positions)
+    outside = (~atoms.pbc) & np.any((fractional < -1e-8) | (fractional > 1 + 1e-8), axis=0)
+    if outside.any():
+        raise ValueError(
+            f"atoms lie outside the cell along non-periodic cell vector(s) "
+            f"{np.flatnonzero(outside).tolist()}; LAMMPS would lose them: enlarge the cell "
+            "or make those directions periodic"
+        )
+    prism = Prism(np.asarray(atoms.cell), pbc=atoms.pbc)
+    xhi, yhi, zhi, xy, xz, yz = prism.get_lammps_prism()
+    positions = prism.vector_to_lammps(atoms.positions, wrap=True)
+
+    lines = [
+        "LAMMPS data file written by nequip-moe; atom types are the model's composite types: "
+        + " ".join(table.type_names),
+        "",
+        f"{len(atoms)} atoms",
+        f"{len(table.type_names)} atom types",
+        "",
+        f"0.0 {xhi:.17g} xlo xhi",
+        f"0.0 {yhi:.17g} ylo yhi",
+        f"0.0 {zhi:.17g} zlo zhi",
+    ]
+    if prism.is_skewed():
+        lines.append(f"{xy:.17g} {xz:.17g} {yz:.17g} xy xz yz")
+    if all(_TYPE_LABEL.match(name) for name in table.type_names):
+        lines += ["", "Atom Type Labels", ""]
+        lines += [f"{t} {name}" for t, name in enumerate(table.type_names, start=1)]
+    lines += ["", "Masses", ""]
+    lines += [
+        f"{t} {atomic_masses[atomic_numbers[element]]:.17g} # {name}"
+        for t, (name, element) in enumerate(zip(table.type_names, table.elements), start=1)
+    ]
+    lines += ["", "Atoms # atomic", ""]
+    lines += [
+        f"{i} {t} {x:.17g} {y:.17g} {z:.17g}"
+        for i, t, (x, y, z) in zip(range(1, len(atoms) + 1), types.tolist(), positions.tolist())
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _atom_type_labels(path) -> Dict[int, str]:
+    """The ``Atom Type Labels`` section of a data file (empty if it has none)."""
+    labels, in_section = {}, False
+    with open(path) as f:
+        next(f)  # the first line is a comment
+        for line in f:
+            text = line.split("#", 1)[0].strip()
+            if text == "Atom Type Labels":
+                in_section = True
+            elif in_section and text:
+                fields = text.split()
+                if len(fields) != 2 or not fields[0].isdigit():
+                    break
+                labels[int(fields[0])] = fields[1]
+            elif in_section and labels:
+                break
+    return labels
+
+
+def read_lammps_data(
+    path, table: CompositeTypeTable, type_names: Optional[Sequence[str]] = None
+) -> Atoms:
+    """Read a data file and recover each atom's element and expert from its LAMMPS type.
+
+    Args:
+        path: LAMMPS data file (units ``metal``)
+        table: the model's composite-type table
+        type_names: model type name of each LAMMPS type, as in the ``pair_coeff`` line
+            (default: the file's type labels if it has them, else the model's type names in
+            order)
+
+    Returns:
+        the structure (in the LAMMPS frame), with the per-atom ``expert`` array and the LAMMPS
+        ``type`` array
+    """
+    if type_names is None:
+        labels = _atom_type_labels(path)
+        type_names = (
+            [labels.get(t, "") for t in range(1, max(labels) + 1)]
+            if labels
+            else table.type_names
+        )
+    unknown = [name for name in type_names if name not in table.type_names]
+    if unknown:
+        raise ValueError(
+            f"`{path}`: atom type names {unknown} are not types of the model "
+            f"(its composite types: {table.describe()})"
+        )
+    atoms = ase.io.read(path, format="lammps-data", units="metal")
+    lammps_types = atoms.arrays["type"]
+    bad = sorted(set(lammps_types[(lammps_types < 1) | (lammps_types > len(type_names))].tolist()))
+    if bad:
+        raise ValueError(
+            f"`{path}`: atom types {bad} have no model type: the {len(type_names)} LAMMPS "
+            f"types map to {list(type_names)}"
+        )
+    model_type = np.array([table.type_names.index(name) for name in type_names])
+    model_type = model_type[lammps_types - 1]
+    elements = np.array([atomic_numbers[element] for element in table.elements])
+    expert = np.array(table.type_expert_index, dtype=np.int64)
+    if atoms.has("masses"):
+        _warn_on_mass_mismatch(path, atoms.get_masses(), lammps_types, elements[model_type])
+    atoms.numbers = elements[model_type]
+    atoms.arrays[EXPERT_KEY] = expert[model_type]
+    return atoms
+
+
+def _warn_on_mass_mismatch(path, masses, lammps_types, numbers):
+    wrong = np.abs(masses - atomic_masses[numbers]) > 0.01 * atomic_masses[numbers]
+    for t in sorted(set(lammps_types[wrong].tolist())):
+        first = np.flatnonzero(wrong & (lammps_types == t))[0]
+        warnings.warn(
+            f"`{path}`: LAMMPS type {t} has mass {masses[first]:.4g} but maps to element "
+            f"{chemical_symbols[numbers[first]]} ({atomic_masses[numbers[first]]:.4g}): "
+            "is the type order the model's?",
+            stacklevel=3,
+        )

