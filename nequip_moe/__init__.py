@@ -6,10 +6,24 @@ expert-label fields.
 
 from nequip.data import register_fields
 
-from ._keys import EXPERT_KEY, ATOM_EXPERT_KEY
+from ._keys import (
+    EXPERT_KEY,
+    ATOM_EXPERT_KEY,
+    SHARED_KEY,
+    EXPERT_ATOMIC_ENERGY_KEY,
+    EXPERT_FORCES_KEY,
+    EXPERT_TOTAL_ENERGY_KEY,
+)
 from ._version import __version__  # noqa: F401
 
 register_fields(
-    node_fields=[EXPERT_KEY, ATOM_EXPERT_KEY],
-    long_fields=[EXPERT_KEY, ATOM_EXPERT_KEY],
+    node_fields=[
+        EXPERT_KEY,
+        ATOM_EXPERT_KEY,
+        SHARED_KEY,
+        EXPERT_ATOMIC_ENERGY_KEY,
+        EXPERT_FORCES_KEY,
+    ],
+    graph_fields=[EXPERT_TOTAL_ENERGY_KEY],
+    long_fields=[EXPERT_KEY, ATOM_EXPERT_KEY, SHARED_KEY],
 )

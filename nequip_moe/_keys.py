@@ -1,11 +1,22 @@
 """Data field names of nequip-moe (constants only: imported by packaged modules).
 
-``EXPERT_KEY`` is the per-atom integer expert label read from data (an extxyz per-atom
-array of that name); ``ATOM_EXPERT_KEY`` is the model's per-atom record of which expert
-produced each atom's energy. Both are registered with nequip in ``nequip_moe/__init__.py``.
+- ``EXPERT_KEY``: per-atom integer expert label read from data (extxyz per-atom array).
+- ``ATOM_EXPERT_KEY``: the model's per-atom record of which expert produced each energy.
+- ``SHARED_KEY``: per-atom 0/1 mark of *shared* environments, where all experts must agree.
+  When present in a model input, the model also evaluates every expert there (co-training).
+- ``EXPERT_ATOMIC_ENERGY_KEY`` ``[num_atoms, num_experts]``, ``EXPERT_FORCES_KEY``
+  ``[num_atoms, num_experts, 3]``: each expert's per-atom energy and whole-frame force on the
+  shared atoms (zero elsewhere). ``EXPERT_TOTAL_ENERGY_KEY`` ``[num_frames, num_experts]``:
+  each expert's energy of the frame, meaningful for frames whose atoms are all shared.
+
+All are registered with nequip in ``nequip_moe/__init__.py``.
 """
 
 from typing import Final
 
 EXPERT_KEY: Final[str] = "expert"
 ATOM_EXPERT_KEY: Final[str] = "atomic_expert"
+SHARED_KEY: Final[str] = "shared"
+EXPERT_ATOMIC_ENERGY_KEY: Final[str] = "expert_atomic_energy"
+EXPERT_FORCES_KEY: Final[str] = "expert_forces"
+EXPERT_TOTAL_ENERGY_KEY: Final[str] = "expert_total_energy"

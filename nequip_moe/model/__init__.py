@@ -1,5 +1,5 @@
 """Model builders of nequip-moe."""
 
-from .moe_model import MoEModel
+from .moe_model import MoEModel, PretrainedExpert
 
-__all__ = ["MoEModel"]
+__all__ = ["MoEModel", "PretrainedExpert"]

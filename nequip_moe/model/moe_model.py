@@ -1,6 +1,7 @@
 """``MoEModel``: a spatial Mixture of Experts built from ordinary nequip model builders."""
 
 import copy
+import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -9,9 +10,13 @@ from hydra.utils import get_method
 
 from nequip.data import AtomicDataDict
 from nequip.model import model_builder
+from nequip.model.saved_models.load_utils import load_saved_model
+from nequip.model.utils import _EAGER_MODEL_KEY, fresh_model_builder_context
+from nequip.nn import graph_model as graph_model_keys
 from nequip.nn import SequentialGraphNetwork, AtomwiseReduce, ForceStressOutput
 from nequip.nn.convnetlayer import ConvNetLayer
-from nequip.nn.embedding.utils import cutoff_partialdict_to_tensor
+from nequip.nn.embedding.utils import cutoff_partialdict_to_tensor, cutoff_str_to_fulldict
+from nequip.train.lightning import _SOLE_MODEL_KEY
 from allegro.nn import Allegro_Module
 
 from nequip_moe._composite import CompositeTypeTable
@@ -29,6 +34,7 @@ def MoEModel(
     experts: Dict[str, Dict],
     per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
     dense: bool = False,
+    frozen_experts: Sequence[str] = (),
     do_derivatives: bool = True,
 ):
     """Spatial Mixture-of-Experts potential: each atom's energy comes from its own expert.
@@ -47,6 +53,7 @@ def MoEModel(
         experts (Dict[str, Dict]): expert name -> model builder config with ``_target_`` (e.g. ``allegro.model.AllegroModel``); the order of this mapping is the expert-label order; expert configs may set ``type_names`` (element names covering all elements, in any order), ``r_max`` and ``per_edge_type_cutoff`` (over element names)
         per_edge_type_cutoff (Dict): optional neighbour-list cutoffs over composite type names, for the metadata read by LAMMPS; must be at least what the experts use (default ``None``)
         dense (bool): every expert evaluates every edge (masked per atom) instead of only its own; numerically identical and compile-friendly, used automatically under ``compile_mode: compile`` (default ``False``)
+        frozen_experts (Sequence[str]): experts whose weights are not trained, e.g. a pretrained high-fidelity expert (default none)
         do_derivatives (bool): compute forces, virial and stress by autograd (default ``True``)
     """
     type_names = [str(t) for t in type_names]
@@ -76,6 +83,18 @@ def MoEModel(
         halo_hops.append(_halo_hops(name, module))
         expert_r_max.append(this_r_max)
 
+    unknown_frozen = [e for e in frozen_experts if e not in experts]
+    if unknown_frozen:
+        raise ValueError(f"frozen_experts {unknown_frozen} are not experts {list(experts)}")
+    for name in frozen_experts:
+        expert_modules[name].requires_grad_(False)
+
+    # expert k has a composite type for the element of composite type t
+    pairs = set(zip(table.elements, table.experts))
+    expert_known_types = [
+        [(element, name) in pairs for element in table.elements] for name in experts
+    ]
+
     if per_edge_type_cutoff is not None:
         _check_neighbor_cutoffs(
             per_edge_type_cutoff, table, float(r_max), expert_cutoffs, halo_hops
@@ -89,6 +108,8 @@ def MoEModel(
         expert_type_maps=expert_type_maps,
         expert_cutoffs=expert_cutoffs,
         expert_halo_hops=halo_hops,
+        expert_known_types=expert_known_types,
+        expert_names=list(experts),
         dense=dense,
         metadata=metadata,
         irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"},
@@ -106,7 +127,7 @@ def MoEModel(
 
 
 def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
-    """Build one expert's energy network on element types.
+    """Build one expert's energy network on element types (or load a pretrained one).
 
     Returns the module, its type names, its [type, type] cutoff matrix and its r_max.
     """
@@ -119,8 +140,28 @@ def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
             f"expert `{name}` sets {clashes}: these belong to the MoE model config, not to an expert"
         )
     builder = get_method(config.pop("_target_"))
+    if builder is PretrainedExpert:
+        graph_model = builder(**config)
+        if graph_model.model_dtype != torch.get_default_dtype():
+            raise ValueError(
+                f"pretrained expert `{name}` is {graph_model.model_dtype}, the MoE model is "
+                f"{torch.get_default_dtype()}"
+            )
+        metadata = graph_model.metadata
+        expert_type_names = metadata[graph_model_keys.TYPE_NAMES_KEY].split(" ")
+        this_r_max = float(metadata[graph_model_keys.R_MAX_KEY])
+        per_type = None
+        if graph_model_keys.PER_EDGE_TYPE_CUTOFF_KEY in metadata:
+            per_type = cutoff_str_to_fulldict(
+                metadata[graph_model_keys.PER_EDGE_TYPE_CUTOFF_KEY], expert_type_names
+            )
+        module = graph_model.model
+    else:
+        expert_type_names = [str(t) for t in config.setdefault("type_names", elements)]
+        this_r_max = float(config.setdefault("r_max", r_max))
+        per_type = config.get("per_edge_type_cutoff", None)
+        module = builder(**config, do_derivatives=False)
 
-    expert_type_names = [str(t) for t in config.setdefault("type_names", elements)]
     missing = [el for el in elements if el not in expert_type_names]
     if missing:
         raise ValueError(
@@ -128,15 +169,11 @@ def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
             f"{missing} of the composite types (every expert must know every element: "
             "its atoms may have neighbours of any element)"
         )
-    config["type_names"] = expert_type_names
-
-    this_r_max = float(config.setdefault("r_max", r_max))
     if this_r_max > r_max:
         raise ValueError(
             f"expert `{name}` has r_max {this_r_max} > the MoE r_max {r_max}: the MoE "
             "r_max sets the neighbour list and must be the largest"
         )
-    per_type = config.get("per_edge_type_cutoff", None)
     if per_type is not None:
         cutoff_matrix = cutoff_partialdict_to_tensor(
             dict(per_type), expert_type_names, this_r_max
@@ -145,14 +182,30 @@ def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
         n = len(expert_type_names)
         cutoff_matrix = [[this_r_max] * n for _ in range(n)]
 
-    module = builder(**config, do_derivatives=False)
     if isinstance(module, ForceStressOutput):
         module = module.func
     if AtomicDataDict.PER_ATOM_ENERGY_KEY not in module.irreps_out:
-        raise ValueError(
-            f"expert `{name}` ({builder.__name__}) does not produce per-atom energies"
-        )
+        raise ValueError(f"expert `{name}` does not produce per-atom energies")
     return module, expert_type_names, cutoff_matrix, this_r_max
+
+
+def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
+    """An expert loaded from a nequip checkpoint or ``.nequip.zip`` package.
+
+    Use it as an expert config (``_target_: nequip_moe.model.PretrainedExpert``) to start an
+    expert from a trained model, e.g. a high-fidelity model that a new small expert is
+    co-trained to agree with (freeze it with the MoE option ``frozen_experts``). Its type
+    names, cutoffs and weights come from the file, which must stay where it is: reloading the
+    MoE checkpoint rebuilds the expert from it (as with ``nequip.model.ModelFromCheckpoint``).
+
+    Args:
+        path (str): checkpoint or package file
+        model_key (str): model to take from a multi-model file (default: the sole model)
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained expert file `{path}` does not exist")
+    with fresh_model_builder_context():
+        return load_saved_model(path, _EAGER_MODEL_KEY, model_key)
 
 
 def _halo_hops(name: str, module: torch.nn.Module) -> int:

@@ -5,11 +5,17 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn._graph_mixin import GraphModuleMixin
 from nequip.nn.compile import CompileGraphModel
-from nequip.nn.utils import with_edge_vectors_
+from nequip.nn.utils import scatter, with_edge_vectors_
 
-from nequip_moe._keys import ATOM_EXPERT_KEY
+from nequip_moe._keys import (
+    ATOM_EXPERT_KEY,
+    SHARED_KEY,
+    EXPERT_ATOMIC_ENERGY_KEY,
+    EXPERT_FORCES_KEY,
+    EXPERT_TOTAL_ENERGY_KEY,
+)
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 # `halo_hops` value meaning "this expert needs every edge" (message passing of unknown range)
 ALL_EDGES: int = -1
@@ -40,12 +46,20 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     edge and the result is masked per atom: numerically identical, with static shapes for
     ``torch.compile``.
 
+    Co-training: when the input holds the per-atom ``shared`` mark, every expert is also
+    evaluated on the shared atoms (plus the neighbour shells their forces depend on) and the
+    module outputs each expert's per-atom energies, whole-frame forces and frame energies there
+    (``expert_atomic_energy``, ``expert_forces``, ``expert_total_energy``). Deployed models
+    never receive ``shared``, so this costs nothing at inference.
+
     Args:
         experts (Dict[str, GraphModuleMixin]): energy networks producing ``atomic_energy`` on their own (element) atom types
         type_experts (List[int]): expert index of each composite type
         expert_type_maps (List[List[int]]): for each expert, its own type index of each composite type
         expert_cutoffs (List[List[List[float]]]): for each expert, the ``[num_types, num_types]`` cutoff of an edge from a centre of composite type ``i`` to a neighbour of composite type ``j``
         expert_halo_hops (List[int]): for each expert, ``0`` (strictly local), ``n > 0`` neighbour shells of halo, or ``-1`` (all edges)
+        expert_known_types (List[List[bool]]): for each expert, whether it has a composite type for the element of each composite type (where it may be asked to agree)
+        expert_names (List[str]): expert names, for error messages
         dense (bool): evaluate every expert on every edge (default ``False``)
         metadata (Dict[str, str]): model metadata this module contributes (the composite-type table)
     """
@@ -59,6 +73,8 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         expert_type_maps: List[List[int]],
         expert_cutoffs: List[List[List[float]]],
         expert_halo_hops: List[int],
+        expert_known_types: List[List[bool]],
+        expert_names: List[str],
         dense: bool = False,
         metadata: Optional[Dict[str, str]] = None,
         irreps_in=None,
@@ -70,6 +86,10 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         self.num_types = num_types
         self.dense = dense
         self.expert_halo_hops = [int(h) for h in expert_halo_hops]
+        self.expert_names = list(expert_names)
+        self.register_buffer(
+            "expert_known_types", torch.as_tensor(expert_known_types, dtype=torch.bool)
+        )
         self._metadata = dict(metadata) if metadata is not None else {}
         self.register_buffer("type_experts", torch.as_tensor(type_experts, dtype=torch.long))
         self.register_buffer(
@@ -82,11 +102,17 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                 len(experts), num_types * num_types
             ),
         )
+        # `shared` is an optional input: declare it so GraphModel lets it through
+        irreps_in = dict(irreps_in or {})
+        irreps_in[SHARED_KEY] = None
         self._init_irreps(
             irreps_in=irreps_in,
             irreps_out={
                 AtomicDataDict.PER_ATOM_ENERGY_KEY: "0e",
                 ATOM_EXPERT_KEY: None,
+                EXPERT_ATOMIC_ENERGY_KEY: None,
+                EXPERT_FORCES_KEY: None,
+                EXPERT_TOTAL_ENERGY_KEY: None,
             },
         )
 
@@ -100,47 +126,64 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             self.type_experts, 0, data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         )
 
-    def expert_edges(
-        self,
-        data: AtomicDataDict.Type,
-        expert_idx: int,
-        centres: torch.Tensor,
-    ) -> Optional[torch.Tensor]:
-        """Indices of the edges expert ``expert_idx`` needs so that its energies are exact on ``centres``.
-
-        ``data`` must hold edge lengths. Returns ``None`` in dense mode (all edges).
-
-        Args:
-            data: graph with ``edge_lengths``
-            expert_idx: expert index
-            centres: boolean mask ``[num_atoms]`` of the atoms whose energies are needed
-        """
-        if self.dense:
-            return None
+    def _in_range(self, data: AtomicDataDict.Type, expert_idx: int) -> torch.Tensor:
+        """Edges within expert ``expert_idx``'s own (per-edge-type) cutoff."""
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         edge_type = torch.index_select(
             atom_types, 0, edge_index[0]
         ) * self.num_types + torch.index_select(atom_types, 0, edge_index[1])
         cutoff = torch.index_select(self.expert_cutoffs[expert_idx], 0, edge_type)
-        in_range = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1) < cutoff
+        return data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1) < cutoff
+
+    @staticmethod
+    def _grow(
+        atoms: torch.Tensor, edge_index: torch.Tensor, in_range: torch.Tensor, shells: int
+    ) -> torch.Tensor:
+        """Grow an atom mask by ``shells`` neighbour shells along the in-range edges."""
+        for _ in range(shells):
+            reached = torch.zeros_like(atoms, dtype=torch.int32).index_add(
+                0,
+                edge_index[1],
+                (torch.index_select(atoms, 0, edge_index[0]) & in_range).to(torch.int32),
+            )
+            atoms = atoms | (reached > 0)
+        return atoms
+
+    def expert_edges(
+        self,
+        data: AtomicDataDict.Type,
+        expert_idx: int,
+        centres: torch.Tensor,
+        force_support: bool = False,
+    ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """Edges expert ``expert_idx`` needs for exact energies on a set of atoms.
+
+        ``data`` must hold edge lengths. Returns the edge indices (``None``: all edges, in dense
+        mode or for experts of unknown receptive field) and the mask of atoms whose energies
+        are exact: ``centres``, or with ``force_support`` every atom whose energy depends on
+        the positions of ``centres`` (so the gradient of their summed energies is the expert's
+        whole-frame force on ``centres``).
+
+        Args:
+            data: graph with ``edge_lengths``
+            expert_idx: expert index
+            centres: boolean mask ``[num_atoms]``
+            force_support: also cover the atoms whose energies depend on ``centres``
+        """
         hops = self.expert_halo_hops[expert_idx]
+        everything = torch.ones_like(centres) if force_support else centres
+        if self.dense:
+            return None, everything
+        in_range = self._in_range(data, expert_idx)
         if hops == ALL_EDGES:
-            keep = in_range
-        else:
-            needed = centres
-            for _ in range(hops):
-                # grow by one neighbour shell along the expert's own edges
-                reached = torch.zeros_like(needed, dtype=torch.int32).index_add(
-                    0,
-                    edge_index[1],
-                    (torch.index_select(needed, 0, edge_index[0]) & in_range).to(
-                        torch.int32
-                    ),
-                )
-                needed = needed | (reached > 0)
-            keep = in_range & torch.index_select(needed, 0, edge_index[0])
-        return torch.nonzero(keep).view(-1)
+            return torch.nonzero(in_range).view(-1), everything
+        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
+        # an atom's energy depends on positions up to (hops + 1) shells away
+        exact = self._grow(centres, edge_index, in_range, hops + 1) if force_support else centres
+        needed = self._grow(exact, edge_index, in_range, hops)
+        keep = in_range & torch.index_select(needed, 0, edge_index[0])
+        return torch.nonzero(keep).view(-1), exact
 
     def expert_atomic_energy(
         self,
@@ -178,18 +221,68 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         expert = list(self.experts.values())[expert_idx]
         return expert(expert_data)[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1, 1)
 
+    def shared_expert_outputs(
+        self, data: AtomicDataDict.Type, shared: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
+        """Every expert's per-atom energies, whole-frame forces and frame energies on shared atoms.
+
+        Forces need positions that require grad (as inside ``ForceStressOutput``); the force
+        graph is kept for training (``create_graph`` in training mode).
+
+        Args:
+            data: graph with edge vectors and lengths
+            shared: boolean mask ``[num_atoms]`` of the shared atoms
+        """
+        pos = data[AtomicDataDict.POSITIONS_KEY]
+        num_frames = AtomicDataDict.num_frames(data)
+        atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+        energies, forces, totals = [], [], []
+        for expert_idx in range(len(self.experts)):
+            known = torch.index_select(self.expert_known_types[expert_idx], 0, atom_types)
+            if bool((shared & ~known).any()):
+                raise ValueError(
+                    f"shared atoms include species that expert `{self.expert_names[expert_idx]}` "
+                    "has no composite type for: it cannot be asked to agree there"
+                )
+            edges, exact = self.expert_edges(data, expert_idx, shared, force_support=True)
+            energy = self.expert_atomic_energy(data, expert_idx, edges)
+            energy = torch.where(exact.unsqueeze(-1), energy, 0.0)
+            total = energy.sum()
+            if pos.requires_grad:
+                (grad,) = torch.autograd.grad(
+                    [total], [pos], create_graph=self.training, retain_graph=True
+                )
+                forces.append(torch.where(shared.unsqueeze(-1), -grad, 0.0))
+            energies.append(torch.where(shared.unsqueeze(-1), energy, 0.0))
+            if AtomicDataDict.BATCH_KEY in data:
+                totals.append(
+                    scatter(energy, data[AtomicDataDict.BATCH_KEY], dim=0, dim_size=num_frames)
+                )
+            else:
+                totals.append(total.view(1, 1))
+        out = {
+            EXPERT_ATOMIC_ENERGY_KEY: torch.cat(energies, dim=-1),
+            EXPERT_TOTAL_ENERGY_KEY: torch.cat(totals, dim=-1),
+        }
+        if len(forces) > 0:
+            out[EXPERT_FORCES_KEY] = torch.stack(forces, dim=1)
+        return out
+
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data = with_edge_vectors_(data, with_lengths=True)
         owner = self.atom_experts(data)
         per_expert = []
         for expert_idx in range(len(self.experts)):
             owned = owner == expert_idx
-            energy = self.expert_atomic_energy(
-                data, expert_idx, self.expert_edges(data, expert_idx, owned)
-            )
+            edges, _ = self.expert_edges(data, expert_idx, owned)
+            energy = self.expert_atomic_energy(data, expert_idx, edges)
             per_expert.append(torch.where(owned.unsqueeze(-1), energy, 0.0))
         data[AtomicDataDict.PER_ATOM_ENERGY_KEY] = torch.stack(per_expert, 0).sum(0)
         data[ATOM_EXPERT_KEY] = owner.unsqueeze(-1)
+        if SHARED_KEY in data:
+            data.update(
+                self.shared_expert_outputs(data, data[SHARED_KEY].view(-1) != 0)
+            )
         return data
 
 
