@@ -9,7 +9,9 @@ import sys
 import pytest
 from ase.io import write
 
-from pt_co_frames import make_frames
+from nequip_moe.integrations.ase import MoECalculator
+
+from pt_co_frames import label_regions, make_frames, slab_with_co
 
 # nequip's own model-test fixtures (model_dtype, atomic_batch, Cu_bulk, ...)
 pytest_plugins = ["nequip.utils.unittests.conftest"]
@@ -101,3 +103,19 @@ def tiny_moe_ase_pt2(tiny_moe_package):
 def tiny_moe_pair_allegro_pt2(tiny_moe_package):
     """The tiny MoE compiled with `nequip-compile --target pair_allegro` (once per session)."""
     return _compile(tiny_moe_package, "pair_allegro")
+
+
+@pytest.fixture
+def mixed_expert_slab():
+    """Periodic Pt(111)+CO slab (18 atoms): CO and the top two Pt layers on the big expert (0),
+    the other Pt on the small one (1)."""
+    atoms = slab_with_co(size=(2, 2, 4), seed=3)
+    atoms.arrays["expert"] = label_regions(atoms)
+    assert set(atoms.arrays["expert"]) == {0, 1}
+    return atoms
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_ase_calculator(tiny_moe_ase_pt2):
+    """``MoECalculator`` on the tiny MoE's `--target ase` file."""
+    return MoECalculator.from_compiled_model(tiny_moe_ase_pt2)

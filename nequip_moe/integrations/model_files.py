@@ -47,7 +47,7 @@ def load_model(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, str]]:
         from nequip.model.inference_models.compiled import load_compiled_model
 
         model, _ = load_compiled_model(str(path), device)
-        return model, metadata
+        return _ContiguousInputs(model), metadata
 
     from nequip.model.saved_models.load_utils import load_saved_model
     from nequip.utils.global_state import global_state_initialized, set_global_state
@@ -62,6 +62,17 @@ def load_model(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, str]]:
         ) from e
     model = model.to(device).eval()
     return model, dict(model.metadata)
+
+
+class _ContiguousInputs(torch.nn.Module):
+    """Compiled models assume contiguous inputs (a strided view gives wrong results silently)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        return self.model({k: v.contiguous() for k, v in data.items()})
 
 
 def read_metadata(path) -> Dict[str, str]:
