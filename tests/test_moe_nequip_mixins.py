@@ -7,9 +7,13 @@ below put type 1 on the small expert, so every mixin test evaluates both experts
 import copy
 
 import pytest
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from nequip.data import to_ase
 from nequip.utils.unittests.model_tests_ase_integration import ASEIntegrationMixin
+
+from nequip_moe.integrations.ase import MoECalculator
 
 from conftest import CONFIGS
 
@@ -83,6 +87,21 @@ NEQUIP_ALLEGRO = moe_config(
 )
 
 
+class _MixinMoECalculator(MoECalculator):
+    """``MoECalculator`` as nequip's ASE mixin calls it: the mixin passes the species map of
+    plain models, while MoE typing comes from the structures' ``expert`` arrays."""
+
+    @classmethod
+    def _from_saved_model(cls, model_path, chemical_species_to_atom_type_map=None, **kwargs):
+        return super()._from_saved_model(
+            model_path, chemical_species_to_atom_type_map={}, **kwargs
+        )
+
+    @classmethod
+    def from_compiled_model(cls, compile_path, chemical_species_to_atom_type_map=None, **kwargs):
+        return super().from_compiled_model(compile_path, **kwargs)
+
+
 class MoEMixinTests(ASEIntegrationMixin):
     """Runs nequip's basic, energy and ASE-compile model tests on an MoE config.
 
@@ -107,6 +126,22 @@ class MoEMixinTests(ASEIntegrationMixin):
         path = tmp_path_factory.mktemp("mixin_conf") / "moe_train.yaml"
         OmegaConf.save(train_config, path)
         return str(path)  # absolute: nequip's session helper joins it onto its own folder
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def ase_calculator_cls(cls):
+        return _MixinMoECalculator
+
+    def load_validation_structures(self, training_config, tmpdir):
+        """Validation frames with their per-atom ``expert`` arrays (both experts present)."""
+        datamodule = instantiate(training_config.data, _recursive_=False)
+        datamodule.prepare_data()
+        datamodule.setup("validate")
+        structures = []
+        for data in datamodule.val_dataloader()[0]:
+            structures += to_ase(data.copy(), extra_fields=["expert"])
+        assert {0, 1} <= {int(e) for a in structures for e in a.arrays["expert"].ravel()}
+        return structures
 
     def model_parameter_updates(self, model_config):
         updates = {

@@ -309,11 +309,13 @@ def check_expert_labels(expert, num_atoms: int, expert_names: Sequence[str]) -> 
     """Validate per-atom expert labels; returns them as an int64 array.
 
     Args:
-        expert: one integer label per atom; label ``k`` means ``expert_names[k]``
+        expert: one integer label per atom (shape ``[num_atoms]`` or ``[num_atoms, 1]``, as nequip writes per-atom fields); label ``k`` means ``expert_names[k]``
         num_atoms: number of atoms
         expert_names: experts in label order
     """
     labels = np.asarray(expert)
+    if labels.shape == (num_atoms, 1):
+        labels = labels.reshape(num_atoms)
     if labels.shape != (num_atoms,) or not (
         labels.size == 0 or np.issubdtype(labels.dtype, np.integer)
     ):
