@@ -4,7 +4,10 @@ The MoE, its high-fidelity expert alone ("big") and its low-fidelity expert alon
 timed on the same Pt(111) + CO slabs, in the same process, as compiled AOTInductor models by
 default. At high-fidelity fraction ``f`` the MoE speed-up ``t_big / t_moe`` is compared with the
 ideal ``1 / (f + (1 - f) c)`` of the cost model in the design notes, where ``c = t_small / t_big``
-is measured at the same size: the efficiency ``speed-up / ideal`` is what routing costs.
+is measured at the same size: the efficiency ``speed-up / ideal`` shows what routing costs.
+High-fidelity atoms (adsorbates, top layers) have fewer neighbours than bulk ones, so each row
+also gives the ideal with the experts' shares of the edges in place of atom fractions
+(``ideal_speedup_edges``, ``efficiency_edges``): the tighter yardstick of routing overhead.
 """
 
 import dataclasses
@@ -14,11 +17,9 @@ import os
 import pathlib
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,8 +33,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import NeighborListTransform
+from nequip.nn.embedding.utils import cutoff_str_to_fulldict
+from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 
 from nequip_moe._composite import CompositeTypeTable
+from nequip_moe._keys import SHARED_KEY
 from nequip_moe.integrations.model_files import is_compiled, load_model
 
 # the example training config, where the package is used from its source tree
@@ -49,6 +53,10 @@ _STATS_INTERPOLATION = re.compile(r"^\$\{training_data_stats:(\w+)\}$")
 
 # the three models of a benchmark: the MoE and each of its two experts alone
 MODEL_NAMES = ("moe", "big", "small")
+
+# glibc allocations from this size on are mmapped and returned to the system when freed
+# (a fixed threshold turns off glibc's adaptive one, which keeps freed tensors resident)
+_MMAP_THRESHOLD = 1 << 16
 
 # Pt(111) + CO geometry (Angstrom)
 PT_LATTICE = 3.92
@@ -148,6 +156,11 @@ class BenchModel:
     def type_names(self) -> List[str]:
         return self.metadata["type_names"].split()
 
+    @property
+    def per_edge_type_cutoff(self) -> Optional[Dict[str, Dict[str, float]]]:
+        text = self.metadata.get(PER_EDGE_TYPE_CUTOFF_KEY)
+        return None if text is None else cutoff_str_to_fulldict(text, self.type_names)
+
     def forced_high_fidelity(self, atoms: ase.Atoms) -> np.ndarray:
         """Atoms whose element has no low-fidelity composite type (none for single experts)."""
         if self.experts is None:
@@ -157,7 +170,7 @@ class BenchModel:
         return np.array([s not in lf_elements for s in atoms.get_chemical_symbols()])
 
     def atom_types(self, atoms: ase.Atoms, high_fidelity: np.ndarray) -> np.ndarray:
-        """Type index of every atom: its element for single experts, its composite type for the MoE."""
+        """Type index of every atom: its element (single experts) or composite type (MoE)."""
         symbols = atoms.get_chemical_symbols()
         if self.experts is None:
             names = symbols
@@ -175,12 +188,16 @@ class BenchModel:
     def inputs(
         self, atoms: ase.Atoms, high_fidelity: np.ndarray, device: torch.device
     ) -> AtomicDataDict.Type:
-        """Graph of ``atoms`` with this model's atom types and a neighbour list at its ``r_max``."""
+        """Graph of ``atoms`` with this model's atom types and neighbour list (its cutoffs)."""
         data = from_ase(atoms)
         data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(
             self.atom_types(atoms, high_fidelity), dtype=torch.long
         )
-        data = NeighborListTransform(r_max=self.r_max)(data)
+        data = NeighborListTransform(
+            r_max=self.r_max,
+            per_edge_type_cutoff=self.per_edge_type_cutoff,
+            type_names=self.type_names,
+        )(data)
         return AtomicDataDict.to_(data, device)
 
 
@@ -398,6 +415,11 @@ def speed_rows(
     for f, mask in zip(fractions, masks):
         key = f"moe@{f}"
         hf_fraction = float(mask.mean())
+        figures = speed_figures(median[key], median["big"], median["small"], hf_fraction)
+        # the cost model per edge: each expert's share of the edges it evaluates alone
+        hf_edges = _centre_fraction(inputs["big"], mask)
+        lf_edges = _centre_fraction(inputs["small"], ~mask)
+        ideal_edges = 1.0 / (hf_edges + lf_edges * figures["cost_ratio"])
         rows.append(
             {
                 "n_atoms": len(atoms),
@@ -412,11 +434,21 @@ def speed_rows(
                 "t_moe_s": median[key],
                 "t_big_s": median["big"],
                 "t_small_s": median["small"],
-                **speed_figures(median[key], median["big"], median["small"], hf_fraction),
+                **figures,
+                "hf_edge_fraction": hf_edges,
+                "lf_edge_fraction": lf_edges,
+                "ideal_speedup_edges": ideal_edges,
+                "efficiency_edges": figures["speedup"] / ideal_edges,
                 "times_s": {"moe": times[key], "big": times["big"], "small": times["small"]},
             }
         )
     return rows
+
+
+def _centre_fraction(data: AtomicDataDict.Type, atoms: np.ndarray) -> float:
+    """Fraction of the edges of ``data`` centred on the masked ``atoms``."""
+    centres = data[AtomicDataDict.EDGE_INDEX_KEY][0].cpu().numpy()
+    return float(atoms[centres].mean())
 
 
 def fit_exponent(n_atoms: Sequence[int], times: Sequence[float]) -> Optional[float]:
@@ -457,15 +489,18 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def _peak_call_memory(call: Callable[[], None], device: torch.device) -> Dict[str, int]:
-    """Memory before and at the peak of ``call`` (run twice) in this process.
+    """Memory before and at the peak of one ``call``, after one untimed warm-up call.
 
-    CPU: resident set size; the peak (``ru_maxrss``) is reset through ``/proc/self/clear_refs``
-    first so that it measures the calls only. CUDA: allocated device memory.
+    CPU: resident set size, its peak (``VmHWM``) reset through ``/proc/self/clear_refs`` after
+    the warm-up; run with a fixed ``MALLOC_MMAP_THRESHOLD_`` so that freed tensors leave the
+    resident set. (``ru_maxrss`` would not do: a forked child keeps its parent's resident size
+    at the fork as a floor.) CUDA: allocated device memory.
     """
+    call()
     if device.type == "cuda":
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-        call()
         call()
         synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
@@ -474,8 +509,7 @@ def _peak_call_memory(call: Callable[[], None], device: torch.device) -> Dict[st
             f.write("5")  # resets the peak resident set size
         baseline = _proc_status_bytes("VmRSS")
         call()
-        call()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _proc_status_bytes("VmHWM")
     return {"baseline_bytes": baseline, "peak_bytes": peak, "call_bytes": peak - baseline}
 
 
@@ -502,7 +536,7 @@ def measure_memory(
     device: torch.device,
     hf_expert: Optional[str],
 ) -> Dict[str, int]:
-    """Peak memory of two calls of ``model`` on ``slab``, measured in a fresh subprocess."""
+    """Peak memory of one call of ``model`` on ``slab``, measured in a fresh subprocess."""
     if device.type == "cpu" and not os.path.exists("/proc/self/clear_refs"):
         raise RuntimeError("CPU peak-memory measurement needs Linux /proc")
     spec = {
@@ -519,6 +553,7 @@ def measure_memory(
         input=json.dumps(spec),
         capture_output=True,
         text=True,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD)},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement of `{model.name}` failed:\n{proc.stderr[-3000:]}")
@@ -536,9 +571,10 @@ def memory_section(
     result = {
         "n_atoms": len(slab.build()),
         "hf_fraction_target": fraction,
-        "method": "CUDA max_memory_allocated"
+        "method": "CUDA max_memory_allocated of one call after a warm-up, fresh subprocess"
         if device.type == "cuda"
-        else "ru_maxrss (reset via /proc/self/clear_refs) minus RSS before the calls, fresh subprocess",
+        else "peak RSS (VmHWM) of one call after a warm-up, reset via /proc/self/clear_refs, "
+        f"minus the RSS before it; fresh subprocess, MALLOC_MMAP_THRESHOLD_={_MMAP_THRESHOLD}",
     }
     for name, model in models.items():
         result[name] = measure_memory(model, slab, fraction, device, hf_expert)
@@ -549,18 +585,8 @@ def memory_section(
 # ---------------------------------------------------------------------------- training
 
 
-def training_batch(
-    model: BenchModel, frames: List[ase.Atoms], fraction: float, device: torch.device
-) -> AtomicDataDict.Type:
-    """EMT-labelled frames batched with ``model``'s atom types and neighbour list."""
-    graphs = []
-    for atoms in frames:
-        mask = high_fidelity_mask(atoms, fraction, model.forced_high_fidelity(atoms))
-        graphs.append(model.inputs(atoms, mask, device))
-    return AtomicDataDict.batched_from_list(graphs)
-
-
 def emt_labelled(atoms: ase.Atoms) -> ase.Atoms:
+    """A copy of ``atoms`` carrying EMT energy, forces and stress as training labels."""
     atoms = atoms.copy()
     atoms.calc = EMT()
     results = {
@@ -572,14 +598,42 @@ def emt_labelled(atoms: ase.Atoms) -> ase.Atoms:
     return atoms
 
 
-def time_training_step(
-    model: torch.nn.Module, batch: AtomicDataDict.Type, device: torch.device
-) -> Callable[[], float]:
-    """A timed training step: forward (forces with ``create_graph``), nequip's
-    energy/force/stress loss, backward and an Adam update."""
-    from nequip.train import EnergyForceStressLoss
+def training_batch(
+    model: BenchModel,
+    frames: List[ase.Atoms],
+    fraction: float,
+    device: torch.device,
+    shared: Optional[torch.nn.Module] = None,
+) -> AtomicDataDict.Type:
+    """Labelled frames batched with ``model``'s atom types and neighbour list.
 
-    loss_fn = EnergyForceStressLoss().to(device)
+    Args:
+        model: the model the batch is for
+        frames: labelled structures
+        fraction: target high-fidelity fraction of each frame (MoE only)
+        device: device of the batch
+        shared: transform adding the per-atom ``shared`` marks of co-training (default: none)
+    """
+    graphs = []
+    for atoms in frames:
+        mask = high_fidelity_mask(atoms, fraction, model.forced_high_fidelity(atoms))
+        data = model.inputs(atoms, mask, torch.device("cpu"))
+        if shared is not None:
+            data = shared(data)
+        graphs.append(AtomicDataDict.to_(data, device))
+    return AtomicDataDict.batched_from_list(graphs)
+
+
+def training_step(
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    batch: AtomicDataDict.Type,
+    device: torch.device,
+) -> Callable[[], float]:
+    """A timed training step: forward (forces with ``create_graph``), loss, backward and an
+    Adam update."""
+    model.train()
+    loss_fn = loss_fn.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> float:
@@ -597,40 +651,79 @@ def time_training_step(
 
 def training_section(
     eager_models: Dict[str, BenchModel],
-    frames: SlabSpec,
+    slab: SlabSpec,
     num_frames: int,
     fraction: float,
     repeats: int,
     warmup: int,
     device: torch.device,
 ) -> Dict:
-    """Eager training-step time of the MoE against the big expert alone on the same batch.
+    """Eager training-step times on one batch: the big expert alone, the MoE, and the MoE
+    co-trained.
 
-    Times what ``nequip_moe`` trains today: the MoE under a plain energy/force/stress loss. A
-    co-training step (agreement terms) is timed here once ``nequip_moe.train`` provides one.
+    ``big`` and ``moe`` use nequip's energy/force/stress loss. ``moe_cotrain`` adds the
+    agreement terms of ``nequip_moe.train`` (per-atom energies and whole-frame forces of both
+    experts on the shared bulk-like Pt atoms marked by ``nequip_moe.data.SharedEnvironments``),
+    as in ``configs/tiny_cotrain.yaml``.
+
+    Args:
+        eager_models: ``{moe, big, small}`` eager models
+        slab: the frames' slab (each frame rattled with its own seed)
+        num_frames: frames in the batch
+        fraction: target high-fidelity fraction of each frame
+        repeats: timed steps per model (median reported)
+        warmup: untimed steps first
+        device: training device
     """
+    from nequip.train import EnergyForceStressLoss
+    from nequip_moe.data import SharedEnvironments
+    from nequip_moe.train import AgreementMSE, ExpertAgreement
+
     frames = [
-        emt_labelled(dataclasses.replace(frames, seed=frames.seed + i, rattle=0.1).build())
+        emt_labelled(dataclasses.replace(slab, seed=slab.seed + i).build())
         for i in range(num_frames)
     ]
-    steps = {}
-    for name in ("moe", "big"):
-        model = eager_models[name]
-        model.model.train()
-        batch = training_batch(model, frames, fraction, device)
-        steps[name] = time_training_step(model.model, batch, device)
+    moe = eager_models["moe"]
+    agreement = [
+        {
+            "name": f"{field}_agreement",
+            "field": ExpertAgreement(field, list(moe.experts)),
+            "metric": AgreementMSE(),
+            "coeff": 1.0,
+        }
+        for field in (AtomicDataDict.PER_ATOM_ENERGY_KEY, AtomicDataDict.FORCE_KEY)
+    ]
+    cotrain_batch = training_batch(
+        moe, frames, fraction, device, shared=SharedEnvironments(host="Pt")
+    )
+    steps = {
+        "big": training_step(
+            eager_models["big"].model,
+            EnergyForceStressLoss(),
+            training_batch(eager_models["big"], frames, fraction, device),
+            device,
+        ),
+        "moe": training_step(
+            moe.model,
+            EnergyForceStressLoss(),
+            training_batch(moe, frames, fraction, device),
+            device,
+        ),
+        "moe_cotrain": training_step(
+            moe.model, EnergyForceStressLoss(extra_metrics=agreement), cotrain_batch, device
+        ),
+    }
     times = time_interleaved(steps, repeats, warmup)
     median = {name: statistics.median(t) for name, t in times.items()}
     return {
         "num_frames": num_frames,
         "n_atoms": sum(len(a) for a in frames),
+        "n_shared_atoms": int(cotrain_batch[SHARED_KEY].sum()),
         "hf_fraction_target": fraction,
-        "moe_step_s": median["moe"],
-        "big_step_s": median["big"],
+        **{f"{name}_step_s": t for name, t in median.items()},
         "moe_over_big": median["moe"] / median["big"],
+        "moe_cotrain_over_big": median["moe_cotrain"] / median["big"],
         "times_s": times,
-        "timed": "plain MoE training (energy/force/stress loss); nequip_moe.train "
-        "provides no co-training (agreement) step to time",
     }
 
 
@@ -673,13 +766,16 @@ def machine_info(device: torch.device) -> Dict:
 
 def format_table(rows: List[Dict]) -> str:
     """Terminal table of the speed rows."""
-    header = f"{'N':>6} {'f':>6} {'t_big':>9} {'t_small':>9} {'t_moe':>9} {'speedup':>8} {'ideal':>7} {'eff':>6}"
+    header = (
+        f"{'N':>6} {'f':>6} {'t_big':>9} {'t_small':>9} {'t_moe':>9} {'speedup':>8} "
+        f"{'ideal':>7} {'eff':>6} {'eff_edges':>9}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['n_atoms']:>6} {r['hf_fraction']:>6.3f} {r['t_big_s']:>9.4f} "
             f"{r['t_small_s']:>9.4f} {r['t_moe_s']:>9.4f} {r['speedup']:>8.2f} "
-            f"{r['ideal_speedup']:>7.2f} {r['efficiency']:>6.2f}"
+            f"{r['ideal_speedup']:>7.2f} {r['efficiency']:>6.2f} {r['efficiency_edges']:>9.2f}"
         )
     return "\n".join(lines)
 
@@ -794,7 +890,7 @@ def prepare_models(
         sources = {name: {"config": configs[name]} for name in MODEL_NAMES}
     models = {}
     for name in MODEL_NAMES:
-        log(f"loading {name}: {sources[name]['path'] if 'path' in sources[name] else 'untrained, from config'}")
+        log(f"loading {name}: {sources[name].get('path', 'untrained, from config')}")
         models[name] = bench_model(name, sources[name], device, options.hf_expert)
     eager = {name: m for name, m in models.items() if not m.compiled}
     if len(eager) < len(MODEL_NAMES):
@@ -844,10 +940,13 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         )
         rows.extend(new_rows)
         first = new_rows[0]
+        moe_times = ", ".join(
+            f"moe f={r['hf_fraction']:.2f} {r['t_moe_s']:.3g} s" for r in new_rows
+        )
         log(
-            f"N={first['n_atoms']}: big {first['t_big_s']:.3g} s, small {first['t_small_s']:.3g} s, "
-            + ", ".join(f"moe f={r['hf_fraction']:.2f} {r['t_moe_s']:.3g} s" for r in new_rows)
-            + f" ({time.perf_counter() - start:.0f} s)"
+            f"N={first['n_atoms']}: big {first['t_big_s']:.3g} s, "
+            f"small {first['t_small_s']:.3g} s, {moe_times} "
+            f"({time.perf_counter() - start:.0f} s)"
         )
     results["rows"] = rows
     results["scaling"] = scaling_from_rows(rows)
@@ -863,12 +962,15 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     results["training"] = None
     if options.training:
         if eager_models is None:
-            results["training"] = {"skipped": "training needs eager models (config, checkpoint or package), not compiled files"}
+            results["training"] = {
+                "skipped": "training needs eager models (config, checkpoint or package), "
+                "not compiled files"
+            }
         else:
             log("training steps (eager)")
             results["training"] = training_section(
                 eager_models,
-                SlabSpec(size=options.train_size, layers=4, co_spacing=2),
+                SlabSpec(size=options.train_size, layers=6, co_spacing=2, rattle=0.1),
                 options.train_frames,
                 options.memory_fraction,
                 options.repeats,

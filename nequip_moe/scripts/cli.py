@@ -7,9 +7,9 @@ Each subcommand lives in its own module of ``nequip_moe.scripts`` that provides
 import argparse
 import sys
 
-from . import assign, types
+from . import assign, bench, types
 
-_SUBCOMMANDS = [types, assign]
+_SUBCOMMANDS = [types, assign, bench]
 
 
 def main(args=None) -> int:
