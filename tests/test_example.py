@@ -1,0 +1,148 @@
+"""The Pt + CO example (``examples/pt_co``) in miniature, and its checks of user data.
+
+The miniature runs every stage but compilation (about a minute per file; the compile commands
+are those of the ``tiny_moe_*_pt2`` fixtures) with a few frames, one epoch and tiny experts.
+"""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from ase.io import write
+
+from pt_co_frames import make_frames
+
+EXAMPLE_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "pt_co"
+sys.path.insert(0, str(EXAMPLE_DIR))
+import data as example_data  # noqa: E402
+import run as example_run  # noqa: E402
+
+# tiny experts: every model of the example shares these overrides
+TINY_OVERRIDES = [
+    f"--override={expert}_expert.{key}={value}"
+    for expert in ("big", "small")
+    for key, value in (
+        ("l_max", 1),
+        ("num_layers", 1),
+        ("num_scalar_features", 8),
+        ("num_tensor_features", 2),
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    """The example's output folder after a miniature run (runs once)."""
+    out = tmp_path_factory.mktemp("pt_co")
+    example_run.main(
+        ["--out", str(out), "--no-compile", "--frame-scale", "0.1", "--max-epochs", "1",
+         "--nve-steps", "5", *TINY_OVERRIDES]
+    )
+    return out
+
+
+def test_miniature_report_schema(miniature):
+    report = json.loads((miniature / "report.json").read_text())
+    for key in ("errors", "eos", "nve_drift", "speedup", "force_error_vs_interface", "claims"):
+        assert key in report
+    assert set(report["errors"]) >= {"big", "small", "moe"}
+    for errors in report["errors"].values():
+        assert set(errors["forces_mae_mev_per_a"]) == {"all", "adsorbate", "hf_region",
+                                                       "interface", "bulk"}
+        assert errors["energy_mae_mev_per_atom"]["all"] >= 0.0
+    assert {"reference", "big", "small", "moe:big_expert", "moe:small_expert"} <= set(
+        report["eos"]["fits"]
+    )
+    assert "V0" in report["eos"]["fits"]["reference"]
+    assert {"big", "moe"} <= set(report["nve_drift"])
+    for key in ("measured", "ideal", "hf_fraction"):
+        assert report["speedup"][key] > 0.0
+    assert all(isinstance(c["holds"], bool) for c in report["claims"])
+    for name in ("report.md", "errors.png", "eos.png", "nve.png", "timings.json"):
+        assert (miniature / name).is_file()
+
+
+def test_rerun_skips_finished_stages(miniature, capsys):
+    example_run.main(["--out", str(miniature), "--no-compile", *TINY_OVERRIDES])
+    printed = capsys.readouterr().out
+    assert "train moe: done before, skipped" in printed
+    assert "report: done before, skipped" in printed
+    assert "DOES NOT HOLD" in printed or "holds:" in printed
+
+
+@pytest.mark.parametrize("name", ["big", "small"])
+def test_baseline_configs_reuse_the_expert_architecture(name):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(EXAMPLE_DIR.parents[1] / "configs"), version_base="1.3"):
+        moe = compose("pt_co_moe", overrides=[f"{name}_expert.l_max=1"])
+        single = compose(f"pt_co_{name}", overrides=[f"{name}_expert.l_max=1"])
+    model = OmegaConf.to_container(single.training_module.model, resolve=False)
+    expert = OmegaConf.to_container(moe[f"{name}_expert"], resolve=False)
+    assert model["_target_"] == "allegro.model.AllegroModel"
+    assert model["l_max"] == 1  # overrides reach the baseline as they reach the MoE
+    assert {k: model[k] for k in expert} == expert
+    assert {"seed", "model_dtype", "type_names", "r_max"} <= set(model)
+    assert list(single.model_type_names) == ["C", "O", "Pt"]
+    assert single.data.transforms[0]._target_.endswith("ChemicalSpeciesToAtomTypeMapper")
+
+
+def test_generated_frames_have_labels_and_heldout_eos(tmp_path):
+    summary = example_data.make_dataset(tmp_path, example_data.FrameCounts().scaled(0.1))
+    assert summary["frames"]["test"] > 0 and summary["eos_frames"] > 0
+    frames = example_data.read_user_frames(tmp_path / "train.xyz")
+    for atoms in frames:
+        expert = atoms.arrays["expert"]
+        if atoms.info["kind"].startswith("bulk"):
+            assert (expert == 1).all()
+        assert (expert[atoms.numbers != 78] == 0).all()  # C and O always on the big expert
+
+
+def _run_on_user_data(tmp_path, frames, *extra):
+    path = tmp_path / "user.xyz"
+    write(path, frames)
+    out = tmp_path / "out"
+    example_run.main(["--data", str(path), "--out", str(out), *extra])
+    return out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.calc.results.pop("forces"), "has no forces"),
+        (lambda a: a.arrays.pop("expert"), "no per-atom `expert` array"),
+        (lambda a: a.set_chemical_symbols(["Cu"] * len(a)), "contains Cu"),
+    ],
+    ids=["no_forces", "no_expert_no_rule", "unknown_species"],
+)
+def test_bad_user_data_fails_before_training(tmp_path, change, message):
+    frames = make_frames(num_slabs=2, num_bulk=1)
+    change(frames[-1])
+    with pytest.raises(ValueError, match=message):
+        _run_on_user_data(tmp_path, frames)
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_user_rules_label_frames(tmp_path):
+    frames = make_frames(num_slabs=3, num_bulk=0)
+    for atoms in frames:
+        del atoms.arrays["expert"]
+    path = tmp_path / "user.xyz"
+    write(path, frames)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {kind: near, expert: big, species: [C, O], cutoff: 4.0}\n")
+    labelled = example_data.read_user_frames(path, rules)
+    for atoms in labelled:
+        assert set(np.unique(atoms.arrays["expert"])) == {0, 1}
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sevenn") is not None, reason="SevenNet is installed"
+)
+def test_sevenn_labeller_says_how_to_install():
+    with pytest.raises(RuntimeError, match="pip install sevenn==0.13.0"):
+        example_data.make_labeller("sevenn")
