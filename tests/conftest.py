@@ -74,35 +74,43 @@ def tiny_moe_package(tiny_moe_run):
     return path
 
 
-def _compile(package, target):
-    out = package.parent / f"tiny_moe_{target}.nequip.pt2"
+@pytest.fixture(scope="session")
+def tiny_moe_ase_pt2(tiny_moe_package):
+    """The tiny MoE compiled with `nequip-compile --target ase` (once per session)."""
+    out = tiny_moe_package.parent / "tiny_moe_ase.nequip.pt2"
     run_tool(
         [
             "nequip-compile",
-            package,
+            tiny_moe_package,
             out,
             "--mode",
             "aotinductor",
             "--device",
             "cpu",
             "--target",
-            target,
+            "ase",
         ],
-        cwd=package.parent,
+        cwd=tiny_moe_package.parent,
     )
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_moe_ase_pt2(tiny_moe_package):
-    """The tiny MoE compiled with `nequip-compile --target ase` (once per session)."""
-    return _compile(tiny_moe_package, "ase")
+def tiny_moe_deployed(tiny_moe_package, tmp_path_factory):
+    """`nequip-moe deploy` of the tiny MoE package for `pair_allegro` (once per session)."""
+    out_dir = tmp_path_factory.mktemp("deployed")
+    run_tool(
+        ["nequip-moe", "deploy", tiny_moe_package, "--targets", "pair_allegro", "--out-dir", out_dir],
+        cwd=out_dir,
+    )
+    return out_dir
 
 
 @pytest.fixture(scope="session")
-def tiny_moe_pair_allegro_pt2(tiny_moe_package):
-    """The tiny MoE compiled with `nequip-compile --target pair_allegro` (once per session)."""
-    return _compile(tiny_moe_package, "pair_allegro")
+def tiny_moe_pair_allegro_pt2(tiny_moe_deployed):
+    """The tiny MoE compiled for `pair_style allegro` (by `nequip-moe deploy`, which runs
+    `nequip-compile --mode aotinductor --target pair_allegro`)."""
+    return tiny_moe_deployed / "tiny_moe_pair_allegro.nequip.pt2"
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ Each subcommand lives in its own module of ``nequip_moe.scripts`` that provides
 import argparse
 import sys
 
-from . import assign, bench, types
+from . import assign, bench, deploy, types
 
-_SUBCOMMANDS = [types, assign, bench]
+_SUBCOMMANDS = [types, assign, deploy, bench]
 
 
 def main(args=None) -> int:

@@ -1,0 +1,127 @@
+"""``nequip-moe deploy MODEL``: package, compile and write the LAMMPS files in one step.
+
+A thin wrapper over the standard commands (what ``nequip-deploy`` was before nequip 0.7):
+``nequip-package build`` (for a checkpoint), then ``nequip-compile --mode aotinductor`` for
+each target asked, then the composite-type table and a ready LAMMPS input beside the model.
+Running the standard commands by hand gives the same files.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+from nequip_moe.integrations.lammps_driver import pair_allegro_input
+from nequip_moe.integrations.model_files import read_composite_table, read_metadata
+
+TARGETS = ("pair_allegro", "ase")
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "deploy",
+        help="package (checkpoint) and compile (AOTInductor) an MoE model, with its type table and LAMMPS input",
+    )
+    parser.add_argument("model", help="training checkpoint or .nequip.zip package")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=TARGETS,
+        default=list(TARGETS),
+        help="compile targets (default: pair_allegro ase)",
+    )
+    parser.add_argument("--device", default="cpu", help="device to compile for (default: cpu)")
+    parser.add_argument(
+        "--out-dir", type=pathlib.Path, default=None, help="output folder (default: beside MODEL)"
+    )
+    parser.add_argument("--name", default=None, help="file name stem (default: MODEL's stem)")
+    parser.add_argument(
+        "--data-file",
+        default="system.data",
+        help="LAMMPS data file the input script reads (default: system.data; write it with `nequip-moe assign`)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _tool(name: str) -> str:
+    """The nequip command of this environment."""
+    local = pathlib.Path(sys.executable).parent / name
+    return str(local) if local.is_file() else name
+
+
+def _run(cmd, cwd):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ValueError(
+            f"`{' '.join(map(str, cmd))}` failed:\n{(proc.stderr or proc.stdout)[-3000:]}"
+        )
+
+
+def _replace(tmp: pathlib.Path, final: pathlib.Path) -> pathlib.Path:
+    os.replace(tmp, final)
+    print(f"  wrote {final}")
+    return final
+
+
+def run(args):
+    model = pathlib.Path(args.model).resolve()
+    if not model.is_file():
+        raise FileNotFoundError(f"model file `{model}` does not exist")
+    if str(model).endswith(".nequip.pt2"):
+        raise ValueError(f"`{model}` is already compiled: deploy a checkpoint or a package")
+    table = read_composite_table(model)
+    out_dir = (args.out_dir or model.parent).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name or model.name.split(".")[0]
+
+    with tempfile.TemporaryDirectory(dir=out_dir) as work:
+        work = pathlib.Path(work)
+        # nequip-compile re-instantiates the training data: run from the checkpoint's folder
+        if str(model).endswith(".nequip.zip"):
+            package = model
+        else:
+            print(f"nequip-package build {model}")
+            package = work / f"{name}.nequip.zip"
+            _run([_tool("nequip-package"), "build", str(model), str(package)], cwd=model.parent)
+            package = _replace(package, out_dir / package.name)
+
+        compiled = {}
+        for target in args.targets:
+            print(f"nequip-compile --target {target} --device {args.device}")
+            out = work / f"{name}_{target}.nequip.pt2"
+            _run(
+                [
+                    _tool("nequip-compile"), str(package), str(out),
+                    "--mode", "aotinductor", "--device", args.device, "--target", target,
+                ],
+                cwd=model.parent,
+            )
+            compiled[target] = _replace(out, out_dir / out.name)
+
+        metadata = read_metadata(package)
+        types_file = work / f"{name}.types.yaml"
+        types_file.write_text(
+            yaml.safe_dump(
+                {
+                    "type_names": table.type_names,
+                    "experts": table.expert_names,
+                    "composite_types": {
+                        t: {"element": e, "expert": x}
+                        for t, e, x in zip(table.type_names, table.elements, table.experts)
+                    },
+                    "r_max": float(metadata["r_max"]),
+                },
+                sort_keys=False,
+            )
+        )
+        _replace(types_file, out_dir / types_file.name)
+        if "pair_allegro" in compiled:
+            script = work / f"{name}.lammps.in"
+            script.write_text(
+                pair_allegro_input(compiled["pair_allegro"].name, table.type_names, args.data_file)
+            )
+            _replace(script, out_dir / script.name)
+    print(f"composite types: {table.describe()}")
