@@ -268,3 +268,29 @@ def test_transform_errors_name_the_problem():
         TWO_ALLEGRO["type_names"], TWO_ALLEGRO["composite_types"], ["big", "small"], "small"
     )(from_ase(Atoms("PtO", positions=[[0, 0, 0], [2, 0, 0]])))
     assert unlabelled["atom_types"].tolist() == [3, 1]
+
+
+def test_train_time_compile_matches_eager():
+    """Under `compile_mode: compile` the (dense) model trains through torch.compile like eager."""
+    from nequip.data import AtomicDataDict
+
+    config = copy.deepcopy(TWO_ALLEGRO)
+    config["experts"]["big"] = allegro_expert()
+    eager = build(config)
+    compiled = build(config, compile_mode="compile")
+    compiled.load_state_dict(eager.state_dict())
+    frames = [pt_co_slab(size=(2, 2, 2)), pt_co_slab(size=(2, 2, 3), seed=1)]
+    batch = AtomicDataDict.batched_from_list(
+        [typed_graph(a, config, half_labels(a)) for a in frames]
+    )
+    outputs = []
+    for model in (eager, compiled):
+        model.train()
+        out = model(dict(batch))
+        (out["forces"].square().sum() + out["total_energy"].square().sum()).backward()
+        outputs.append(out)
+    for key in ["total_energy", "forces", "stress"]:
+        torch.testing.assert_close(outputs[1][key], outputs[0][key], atol=1e-10, rtol=0)
+    grads = dict(eager.named_parameters())
+    for name, param in compiled.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name].grad, atol=1e-10, rtol=0)
