@@ -250,8 +250,14 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             total = energy.sum()
             if pos.requires_grad:
                 (grad,) = torch.autograd.grad(
-                    [total], [pos], create_graph=self.training, retain_graph=True
+                    [total],
+                    [pos],
+                    create_graph=self.training,
+                    retain_graph=True,
+                    allow_unused=True,
                 )
+                if grad is None:  # no energy depends on positions (no edges)
+                    grad = torch.zeros_like(pos)
                 forces.append(torch.where(shared.unsqueeze(-1), -grad, 0.0))
             energies.append(torch.where(shared.unsqueeze(-1), energy, 0.0))
             if AtomicDataDict.BATCH_KEY in data:
