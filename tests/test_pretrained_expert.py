@@ -1,6 +1,8 @@
 """Starting an expert from a trained model: PretrainedExpert, frozen_experts, expert learning rates."""
 
 
+import copy
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -9,6 +11,7 @@ from nequip_moe.nn import MixtureOfExpertsEnergy
 from nequip_moe.train import expert_param_groups
 
 from conftest import CONFIGS, run_tool
+from test_cotraining import TWO_ALLEGRO_TINY
 from test_moe_model import (  # noqa: F401  (float64: module-wide float64 fixture)
     ELEMENTS,
     build,
@@ -56,13 +59,8 @@ def moe_with_pretrained_big(ckpt, **options):
     config = {
         "seed": 1,
         "r_max": 4.5,
-        "type_names": ["C", "O", "Pt", "Pt_small"],
-        "composite_types": {
-            "C": {"element": "C", "expert": "big"},
-            "O": {"element": "O", "expert": "big"},
-            "Pt": {"element": "Pt", "expert": "big"},
-            "Pt_small": {"element": "Pt", "expert": "small"},
-        },
+        "type_names": list(TWO_ALLEGRO_TINY["type_names"]),
+        "composite_types": copy.deepcopy(TWO_ALLEGRO_TINY["composite_types"]),
         "experts": {
             "big": {"_target_": "nequip_moe.model.PretrainedExpert", "path": str(ckpt)},
             "small": small,
