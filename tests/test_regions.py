@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.build import add_adsorbate, bulk, fcc111, molecule
 
 from nequip_moe.data.regions import (
@@ -106,6 +107,15 @@ def test_buffer_grows_slab_region_layer_by_layer():
         assert count(labels, "big") == expected
 
 
+def test_default_shell_cutoff_lies_between_fcc_shells():
+    pt = bulk("Pt", "fcc", a=PT_A, cubic=True).repeat((5, 5, 5))
+    pt.rattle(0.03, seed=1)
+    labels = assign_experts(
+        pt, [Indices(expert="big", indices=[0])], EXPERTS, default_expert="small", buffer_shells=2
+    )
+    assert count(labels, "big") == 55
+
+
 def test_distances_use_minimum_image():
     slab = pt111_slab()
     rule = Near(expert="big", species=["C", "O"], cutoff=4.0)
@@ -194,8 +204,9 @@ def test_assignment_errors():
     near = Near(expert="big", species=["C"], cutoff=4.0)
     with pytest.raises(ValueError, match="unknown expert `medium`"):
         assign_experts(slab, [near], EXPERTS, default_expert="medium")
-    with pytest.raises(ValueError, match="shell_cutoff"):
-        assign_experts(slab, [near], EXPERTS, "small", buffer_shells=1)
+    lone = Atoms("Pt", positions=[[0, 0, 0]], cell=[20, 20, 20], pbc=True)
+    with pytest.raises(ValueError, match="no two atoms within 6.0 A: give the buffer's shell_cutoff"):
+        assign_experts(lone, [Indices(expert="big", indices=[0])], EXPERTS, "small", buffer_shells=1)
     with pytest.raises(ValueError, match=r"indices \[38\] are out of range"):
         assign_experts(slab, [Indices(expert="big", indices=[0, 38])], EXPERTS, "small")
 

@@ -64,6 +64,23 @@ def _neighbour_pairs(atoms: Atoms, cutoff: float) -> Tuple[np.ndarray, np.ndarra
     )
 
 
+def median_nearest_neighbour_distance(atoms: Atoms, search: float = 6.0) -> float:
+    """Median over atoms of the distance to the nearest neighbour (within ``search`` Å).
+
+    Args:
+        atoms: the structure
+        search: largest distance looked at (default ``6.0``)
+    """
+    i, d = neighbour_list(
+        "id", positions=atoms.positions, cell=complete_cell(atoms.cell), pbc=atoms.pbc, cutoff=search
+    )
+    if len(i) == 0:
+        raise ValueError(f"no two atoms within {search} A: give the buffer's shell_cutoff")
+    nearest = np.full(len(atoms), np.inf)
+    np.minimum.at(nearest, i, d)
+    return float(np.median(nearest[np.isfinite(nearest)]))
+
+
 def coordination_numbers(atoms: Atoms, cutoff: float) -> np.ndarray:
     """Number of neighbours of every atom within ``cutoff`` (minimum image, all species).
 
@@ -354,7 +371,8 @@ def assign_experts(
         default_expert: expert of atoms no rule selects
         buffer_shells: number of neighbour shells added around each rule's region
         shell_cutoff: neighbour distance (Å) of one shell, between the first and second
-            neighbour shell (e.g. 3.3 for Pt); required when ``buffer_shells > 0``
+            neighbour shell (e.g. 3.3 for Pt); default: 1.2 x the median nearest-neighbour
+            distance of the structure (between the shells of fcc and hcp metals)
 
     Returns:
         int64 array of expert labels; label ``k`` means ``expert_names[k]``
@@ -368,7 +386,7 @@ def assign_experts(
         raise ValueError(f"buffer_shells must be a non-negative integer, got {buffer_shells!r}")
     if buffer_shells > 0:
         if shell_cutoff is None:
-            raise ValueError("buffer_shells needs shell_cutoff (the neighbour distance of a shell)")
+            shell_cutoff = 1.2 * median_nearest_neighbour_distance(atoms)
         _check_positive("shell_cutoff", shell_cutoff)
         shell_i, shell_j = _neighbour_pairs(atoms, shell_cutoff)
 

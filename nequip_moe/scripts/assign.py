@@ -107,7 +107,7 @@ def add_parser(subparsers):
         type=float,
         metavar="R",
         help="neighbour distance (A) of one buffer shell, between the first and second "
-        "neighbour shell (e.g. 3.3 for Pt)",
+        "neighbour shell (e.g. 3.3 for Pt; default: 1.2 x the median nearest-neighbour distance)",
     )
     parser.add_argument(
         "--out-xyz", metavar="PATH", help="output extxyz with the per-atom `expert` array"
