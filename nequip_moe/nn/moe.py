@@ -126,15 +126,22 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             self.type_experts, 0, data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         )
 
-    def _in_range(self, data: AtomicDataDict.Type, expert_idx: int) -> torch.Tensor:
-        """Edges within expert ``expert_idx``'s own (per-edge-type) cutoff."""
+    def edges_in_range(self, data: AtomicDataDict.Type) -> List[torch.Tensor]:
+        """For each expert, the mask of edges within its own (per-edge-type) cutoff.
+
+        Args:
+            data: graph with ``edge_lengths``
+        """
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         edge_type = torch.index_select(
             atom_types, 0, edge_index[0]
         ) * self.num_types + torch.index_select(atom_types, 0, edge_index[1])
-        cutoff = torch.index_select(self.expert_cutoffs[expert_idx], 0, edge_type)
-        return data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1) < cutoff
+        lengths = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1)
+        return [
+            lengths < torch.index_select(self.expert_cutoffs[expert_idx], 0, edge_type)
+            for expert_idx in range(len(self.experts))
+        ]
 
     @staticmethod
     def _grow(
@@ -155,27 +162,28 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         data: AtomicDataDict.Type,
         expert_idx: int,
         centres: torch.Tensor,
+        in_range: Optional[torch.Tensor],
         force_support: bool = False,
     ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """Edges expert ``expert_idx`` needs for exact energies on a set of atoms.
 
-        ``data`` must hold edge lengths. Returns the edge indices (``None``: all edges, in dense
+        Returns the edge indices (``None``: all edges, in dense
         mode or for experts of unknown receptive field) and the mask of atoms whose energies
         are exact: ``centres``, or with ``force_support`` every atom whose energy depends on
         the positions of ``centres`` (so the gradient of their summed energies is the expert's
         whole-frame force on ``centres``).
 
         Args:
-            data: graph with ``edge_lengths``
+            data: graph
             expert_idx: expert index
             centres: boolean mask ``[num_atoms]``
+            in_range: the expert's mask from :meth:`edges_in_range` (``None`` in dense mode)
             force_support: also cover the atoms whose energies depend on ``centres``
         """
         hops = self.expert_halo_hops[expert_idx]
         everything = torch.ones_like(centres) if force_support else centres
         if self.dense:
             return None, everything
-        in_range = self._in_range(data, expert_idx)
         if hops == ALL_EDGES:
             return torch.nonzero(in_range).view(-1), everything
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
@@ -222,7 +230,10 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         return expert(expert_data)[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1, 1)
 
     def shared_expert_outputs(
-        self, data: AtomicDataDict.Type, shared: torch.Tensor
+        self,
+        data: AtomicDataDict.Type,
+        shared: torch.Tensor,
+        in_range: Optional[List[torch.Tensor]],
     ) -> Dict[str, torch.Tensor]:
         """Every expert's per-atom energies, whole-frame forces and frame energies on shared atoms.
 
@@ -232,6 +243,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         Args:
             data: graph with edge vectors and lengths
             shared: boolean mask ``[num_atoms]`` of the shared atoms
+            in_range: per-expert masks from :meth:`edges_in_range` (``None`` in dense mode)
         """
         pos = data[AtomicDataDict.POSITIONS_KEY]
         num_frames = AtomicDataDict.num_frames(data)
@@ -244,7 +256,13 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                     f"shared atoms include species that expert `{self.expert_names[expert_idx]}` "
                     "has no composite type for: it cannot be asked to agree there"
                 )
-            edges, exact = self.expert_edges(data, expert_idx, shared, force_support=True)
+            edges, exact = self.expert_edges(
+                data,
+                expert_idx,
+                shared,
+                None if in_range is None else in_range[expert_idx],
+                force_support=True,
+            )
             energy = self.expert_atomic_energy(data, expert_idx, edges)
             energy = torch.where(exact.unsqueeze(-1), energy, 0.0)
             total = energy.sum()
@@ -277,17 +295,20 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data = with_edge_vectors_(data, with_lengths=True)
         owner = self.atom_experts(data)
+        in_range = None if self.dense else self.edges_in_range(data)
         per_expert = []
         for expert_idx in range(len(self.experts)):
             owned = owner == expert_idx
-            edges, _ = self.expert_edges(data, expert_idx, owned)
+            edges, _ = self.expert_edges(
+                data, expert_idx, owned, None if in_range is None else in_range[expert_idx]
+            )
             energy = self.expert_atomic_energy(data, expert_idx, edges)
             per_expert.append(torch.where(owned.unsqueeze(-1), energy, 0.0))
         data[AtomicDataDict.PER_ATOM_ENERGY_KEY] = torch.stack(per_expert, 0).sum(0)
         data[ATOM_EXPERT_KEY] = owner.unsqueeze(-1)
         if SHARED_KEY in data:
             data.update(
-                self.shared_expert_outputs(data, data[SHARED_KEY].view(-1) != 0)
+                self.shared_expert_outputs(data, data[SHARED_KEY].view(-1) != 0, in_range)
             )
         return data
 
