@@ -10,22 +10,24 @@ backward, for the MoE and for the big expert alone.
 """
 
 import argparse
+import pathlib
 import statistics
+import sys
+import tempfile
 import time
 
 import torch
 
 from nequip.utils.global_state import set_global_state
 
-from nequip_moe.benchmark import (
-    EXAMPLE_CONFIG,
-    SlabSpec,
-    bench_model,
-    configs_from_training_config,
-    high_fidelity_mask,
-    time_call,
-)
+from nequip_moe.benchmarking.models import load_bench_model
+from nequip_moe.benchmarking.speed import high_fidelity_mask, time_call
+from nequip_moe.benchmarking.untrained import untrained_checkpoints
 from nequip_moe.nn import MixtureOfExpertsEnergy
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples" / "pt_co"))
+from structures import BenchSlab  # noqa: E402
 
 
 def timed_parts(parts):
@@ -47,7 +49,7 @@ def timed_parts(parts):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(EXAMPLE_CONFIG))
+    parser.add_argument("--config", default=str(REPO / "configs" / "pt_co_moe.yaml"))
     parser.add_argument("--size", type=int, default=16, help="slab size (16: about 2,000 atoms)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=0.25)
@@ -59,13 +61,15 @@ def main():
     set_global_state(allow_tf32=False)
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    configs = configs_from_training_config(args.config)
-    atoms = SlabSpec(size=args.size, layers=args.layers).build()
+    atoms = BenchSlab(size=args.size, layers=args.layers).build()
+    checkpoints = untrained_checkpoints(
+        args.config, BenchSlab(size=3, layers=4).build(), tempfile.mkdtemp()
+    )
 
     parts = {}
     timed_parts(parts)
     for name in ("moe", "big"):
-        model = bench_model(name, {"config": configs[name]}, device)
+        model = load_bench_model(name, checkpoints[name], device)
         mask = high_fidelity_mask(atoms, args.fraction, model.forced_high_fidelity(atoms))
         data = model.inputs(atoms, mask, device)
         time_call(model.model, data, device)  # warm-up

@@ -10,17 +10,24 @@ In a config the table is a mapping from composite type name to ``{element, exper
     composite_types:
       Pt: {element: Pt, expert: big}
       Pt_small: {element: Pt, expert: small}
+
+Expert labels are integers: label ``k`` means ``expert_names[k]``, the ``k``-th key of the
+model's ``experts``. **Default expert:** atoms without a label get label 0, the first expert
+(``CompositeTypeTable.default_expert``). List the high-fidelity expert first, so that an atom
+nobody labelled is never silently given a cheaper expert. The data transform and the ASE
+calculator apply this rule to unlabelled atoms; each also accepts an explicit
+``default_expert`` (resolved with ``CompositeTypeTable.expert_label``). ``nequip-moe assign``
+labels every atom itself (the atoms its rules select get the rules' expert, the rest the
+expert it is told), so the files it writes have no unlabelled atoms.
 """
 
 import dataclasses
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from ase.data import atomic_numbers
+import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
 
-# metadata keys (values are space-separated strings aligned with `type_names`)
-EXPERT_NAMES_KEY = "moe_expert_names"
-TYPE_ELEMENTS_KEY = "moe_type_elements"
-TYPE_EXPERTS_KEY = "moe_type_experts"
+from nequip_moe._keys import EXPERT_NAMES_KEY, TYPE_ELEMENTS_KEY, TYPE_EXPERTS_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +126,114 @@ class CompositeTypeTable:
             TYPE_EXPERTS_KEY: " ".join(self.experts),
         }
 
+    def to_config(self) -> Dict[str, Dict[str, str]]:
+        """The table as the ``composite_types`` mapping of a config (inverse of ``from_config``)."""
+        return {
+            name: {"element": element, "expert": expert}
+            for name, element, expert in zip(self.type_names, self.elements, self.experts)
+        }
+
+    @property
+    def default_expert(self) -> str:
+        """Expert of atoms without a label: the first expert (label 0)."""
+        return self.expert_names[0]
+
+    def expert_label(self, expert: Optional[Union[str, int]] = None) -> int:
+        """Label of ``expert``, given by name or label; ``None`` means ``default_expert``.
+
+        Args:
+            expert: expert name, integer label, or ``None``
+        """
+        if expert is None:
+            return 0
+        if isinstance(expert, str):
+            if expert not in self.expert_names:
+                raise ValueError(
+                    f"default_expert `{expert}` is not one of the experts {self.expert_names}"
+                )
+            return self.expert_names.index(expert)
+        if isinstance(expert, bool) or not isinstance(expert, (int, np.integer)):
+            raise ValueError(
+                f"an expert is a name or an integer label, got {expert!r}; the experts are "
+                f"{self.expert_names}"
+            )
+        if not 0 <= expert < len(self.expert_names):
+            raise ValueError(
+                f"expert label {expert} is out of range: labels must be "
+                f"0..{len(self.expert_names) - 1} for experts {self.expert_names}"
+            )
+        return int(expert)
+
+    def type_lookup(self) -> np.ndarray:
+        """``[atomic number, expert label] -> composite type index`` (-1: no such type)."""
+        lookup = np.full((len(chemical_symbols), len(self.expert_names)), -1, dtype=np.int64)
+        for index, (element, label) in enumerate(zip(self.elements, self.type_expert_index)):
+            lookup[atomic_numbers[element], label] = index
+        return lookup
+
+    def check_labels(self, numbers, labels=None) -> np.ndarray:
+        """Validated expert labels of atoms with atomic ``numbers``; returns them as int64.
+
+        ``labels=None`` means every atom gets ``default_expert``. Errors name the problem:
+        a label count or shape that does not match the atoms, non-integer or out-of-range
+        labels, atomic numbers that are not elements, elements the model lacks, and elements
+        the chosen expert has no composite type for.
+
+        Args:
+            numbers: atomic number of every atom, shape ``[num_atoms]``
+            labels: one integer label per atom (shape ``[num_atoms]`` or ``[num_atoms, 1]``, as nequip writes per-atom fields), or ``None``
+        """
+        numbers = np.asarray(numbers)
+        if numbers.ndim != 1 or not _is_integer(numbers):
+            raise ValueError(
+                f"atomic numbers must be one integer per atom, got shape {numbers.shape} "
+                f"of {numbers.dtype}"
+            )
+        numbers = numbers.astype(np.int64)
+        if labels is None:
+            labels = np.full(len(numbers), self.expert_label(None), dtype=np.int64)
+        else:
+            labels = expert_label_array(labels, len(numbers), self.expert_names)
+        not_elements = sorted(
+            set(numbers[(numbers <= 0) | (numbers >= len(chemical_symbols))].tolist())
+        )
+        if not_elements:
+            raise ValueError(f"atomic numbers {not_elements} are not elements")
+        types = self.type_lookup()[numbers, labels]
+        if (types < 0).any():
+            self._raise_missing_types(numbers[types < 0], labels[types < 0])
+        return labels
+
+    def type_index(self, numbers, labels=None) -> np.ndarray:
+        """Composite type index of every atom from its atomic number and expert label.
+
+        Args:
+            numbers: atomic number of every atom, shape ``[num_atoms]``
+            labels: one integer expert label per atom, or ``None`` for ``default_expert``
+
+        Returns:
+            int64 array of indices into ``type_names``
+        """
+        labels = self.check_labels(numbers, labels)
+        return self.type_lookup()[np.asarray(numbers, dtype=np.int64), labels]
+
+    def _raise_missing_types(self, numbers: np.ndarray, labels: np.ndarray):
+        pairs, counts = np.unique(np.stack([numbers, labels], axis=1), axis=0, return_counts=True)
+        problems = []
+        for (z, label), count in zip(pairs.tolist(), counts.tolist()):
+            element, expert = chemical_symbols[z], self.expert_names[label]
+            if element not in self.elements:
+                why = f"the model has no element {element}"
+            else:
+                experts = [ex for el, ex in zip(self.elements, self.experts) if el == element]
+                why = f"{element} has composite types only for experts {experts}"
+            problems.append(f"({element}, {expert}) ({count} atoms: {why})")
+        raise ValueError(
+            "no composite type for (species, expert) "
+            + ", ".join(problems)
+            + f"; the model's composite types are {self.describe()}"
+        )
+
     @property
     def element_names(self) -> List[str]:
         """Distinct elements, in order of first appearance in ``type_names``."""
@@ -144,3 +259,38 @@ class CompositeTypeTable:
             f"{n}=({el}, {ex})"
             for n, el, ex in zip(self.type_names, self.elements, self.experts)
         )
+
+
+def expert_label_array(labels, num_atoms: int, expert_names: Sequence[str]) -> np.ndarray:
+    """Per-atom expert labels as an int64 array ``[num_atoms]``, checked for shape and range.
+
+    Args:
+        labels: one integer label per atom (shape ``[num_atoms]`` or ``[num_atoms, 1]``)
+        num_atoms: number of atoms
+        expert_names: experts in label order
+    """
+    labels = np.asarray(labels)
+    if labels.shape == (num_atoms, 1):
+        labels = labels.reshape(num_atoms)
+    if labels.ndim == 1 and len(labels) != num_atoms:
+        raise ValueError(
+            f"expert labels missing or extra: {len(labels)} labels for {num_atoms} atoms "
+            "(one integer label per atom)"
+        )
+    if labels.shape != (num_atoms,) or not _is_integer(labels):
+        raise ValueError(
+            f"expert labels must be {num_atoms} integers (one per atom), "
+            f"got shape {labels.shape} of {labels.dtype}"
+        )
+    labels = labels.astype(np.int64)
+    bad = labels[(labels < 0) | (labels >= len(expert_names))]
+    if len(bad):
+        raise ValueError(
+            f"expert labels {sorted(set(bad.tolist()))} are out of range: labels must be "
+            f"0..{len(expert_names) - 1} for experts {list(expert_names)}"
+        )
+    return labels
+
+
+def _is_integer(values: np.ndarray) -> bool:
+    return values.size == 0 or np.issubdtype(values.dtype, np.integer)

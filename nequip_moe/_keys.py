@@ -1,4 +1,4 @@
-"""Data field names of nequip-moe (constants only: imported by packaged modules).
+"""Data field names and model metadata keys of nequip-moe (constants only: imported by packaged modules).
 
 - ``EXPERT_KEY``: per-atom integer expert label read from data (extxyz per-atom array).
 - ``ATOM_EXPERT_KEY``: the model's per-atom record of which expert produced each energy.
@@ -9,7 +9,7 @@
   shared atoms (zero elsewhere). ``EXPERT_TOTAL_ENERGY_KEY`` ``[num_frames, num_experts]``:
   each expert's energy of the frame, meaningful for frames whose atoms are all shared.
 
-All are registered with nequip in ``nequip_moe/__init__.py``.
+The data fields are registered with nequip in ``nequip_moe/__init__.py``.
 """
 
 from typing import Final
@@ -20,3 +20,14 @@ SHARED_KEY: Final[str] = "shared"
 EXPERT_ATOMIC_ENERGY_KEY: Final[str] = "expert_atomic_energy"
 EXPERT_FORCES_KEY: Final[str] = "expert_forces"
 EXPERT_TOTAL_ENERGY_KEY: Final[str] = "expert_total_energy"
+
+# Model metadata keys (space-separated strings): the composite-type table aligned with
+# `type_names` (`moe_type_elements`, `moe_type_experts`), the experts in label order
+# (`moe_expert_names`) and, aligned with them, each expert's `r_max` and receptive field:
+# `moe_expert_halo_hops` is 0 (strictly local), n > 0 (n message-passing neighbour shells) or
+# -1 (unknown). Models without `moe_expert_halo_hops` are older: treat the field as unknown.
+EXPERT_NAMES_KEY: Final[str] = "moe_expert_names"
+TYPE_ELEMENTS_KEY: Final[str] = "moe_type_elements"
+TYPE_EXPERTS_KEY: Final[str] = "moe_type_experts"
+EXPERT_R_MAX_KEY: Final[str] = "moe_expert_r_max"
+EXPERT_HALO_HOPS_KEY: Final[str] = "moe_expert_halo_hops"

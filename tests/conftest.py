@@ -11,12 +11,14 @@ from ase.io import write
 
 from nequip_moe.integrations.ase import MoECalculator
 
-from pt_co_frames import label_regions, make_frames, slab_with_co
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# the Pt + CO structure builders (examples/pt_co/structures.py) are shared with the example
+sys.path.insert(0, str(REPO / "examples" / "pt_co"))
+from structures import label_regions, make_frames, slab_with_co  # noqa: E402
 
 # nequip's own model-test fixtures (model_dtype, atomic_batch, Cu_bulk, ...)
 pytest_plugins = ["nequip.utils.unittests.conftest"]
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BIN = pathlib.Path(sys.executable).parent
 # nequip's test helpers call `nequip-train` etc. by name: find this environment's tools first

@@ -18,19 +18,23 @@ from nequip.data.transforms import NeighborListTransform
 from nequip.model.saved_models.load_utils import load_saved_model
 
 from nequip_moe.integrations.ase import MoECalculator
-from nequip_moe.integrations.lammps_data import composite_type_indices
 from nequip_moe.integrations.model_files import read_composite_table
 
-from pt_co_frames import label_regions
+from structures import label_regions
 
 
 def eager_reference(checkpoint, atoms):
     """Energy, per-atom energies, forces and stress of the eager checkpoint model, with atom
-    types from ``lammps_data.composite_type_indices`` (independent of the calculator's typing)."""
+    types looked up by name, (element, expert name) -> type name -> index (independent of the
+    calculator's typing through ``CompositeTypeTable.type_index``)."""
     model = load_saved_model(str(checkpoint)).eval()
+    table = read_composite_table(checkpoint)
     data = from_ase(atoms)
     data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(
-        composite_type_indices(atoms, atoms.arrays["expert"], read_composite_table(checkpoint))
+        [
+            table.type_names.index(table.composite_type(symbol, table.expert_names[label]))
+            for symbol, label in zip(atoms.get_chemical_symbols(), atoms.arrays["expert"])
+        ]
     )
     data = NeighborListTransform(r_max=float(model.metadata["r_max"]))(data)
     out = model(data)
@@ -102,6 +106,12 @@ def test_expert_labels_decide_the_composite_types(
     assert calculator_results(default_calc, bulk_pt)[0] == pytest.approx(
         calculator_results(tiny_moe_ase_calculator, labelled_small)[0], abs=1e-12
     )
+    # without labels or a named default, atoms get the table's default: the first expert
+    labelled_first = bulk_pt.copy()
+    labelled_first.arrays["expert"] = np.zeros(len(bulk_pt), dtype=np.int64)
+    assert calculator_results(tiny_moe_ase_calculator, bulk_pt)[0] == pytest.approx(
+        calculator_results(tiny_moe_ase_calculator, labelled_first)[0], abs=1e-12
+    )
 
     # changing the labels of the same atoms invalidates the cached results
     atoms = mixed_expert_slab.copy()
@@ -165,8 +175,8 @@ def label_out_of_range(atoms):
     atoms.arrays["expert"][0] = 2
 
 
-def remove_labels(atoms):
-    del atoms.arrays["expert"]
+def small_carbon(atoms):
+    atoms.arrays["expert"][atoms.numbers == 6] = 1
 
 
 def fractional_labels(atoms):
@@ -178,7 +188,7 @@ def fractional_labels(atoms):
     [
         (add_hydrogen, "no element H"),
         (label_out_of_range, "out of range"),
-        (remove_labels, "no expert labels"),
+        (small_carbon, r"\(C, small\) .* C has composite types only for experts"),
         (fractional_labels, "integers"),
     ],
 )

@@ -9,12 +9,9 @@ from ase.io import read
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.data.regions import Depth, assign_experts
-from nequip_moe.integrations.lammps_data import (
-    composite_type_indices,
-    pair_coeff_line,
-    read_lammps_data,
-    write_lammps_data,
-)
+from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY, NEQUIP_AOTI_OUTPUTS_KEY
+
+from nequip_moe.integrations.lammps_data import read_lammps_data, write_lammps_data
 from nequip_moe.scripts import assign, cli
 
 from test_regions import EXPERTS, PT_A, pt111_slab
@@ -26,6 +23,27 @@ TABLE = CompositeTypeTable(
     expert_names=EXPERTS,
 )
 PT_MASS = atomic_masses[atomic_numbers["Pt"]]
+TARGET_FIELDS = {
+    "pair_allegro": ("pos edge_index atom_types", "atomic_energy forces virial"),
+    "pair_nequip": (
+        "pos edge_index atom_types cell edge_cell_shift",
+        "atomic_energy forces virial",
+    ),
+    "ase": (
+        "pos edge_index atom_types cell edge_cell_shift",
+        "atomic_energy total_energy forces stress",
+    ),
+}
+
+
+def model_metadata(halo_hops="0 0", target="pair_allegro", table=TABLE):
+    """Metadata of an MoE file with TABLE's composite types (``target=None``: uncompiled)."""
+    metadata = {"type_names": " ".join(table.type_names), "r_max": "4.5", **table.to_metadata()}
+    if halo_hops is not None:
+        metadata["moe_expert_halo_hops"] = halo_hops
+    if target is not None:
+        metadata[NEQUIP_AOTI_INPUTS_KEY], metadata[NEQUIP_AOTI_OUTPUTS_KEY] = TARGET_FIELDS[target]
+    return metadata
 
 
 @pytest.fixture
@@ -43,29 +61,31 @@ def slab_data_file(tmp_path, slab_and_expert):
     return path
 
 
-def test_composite_type_indices(slab_and_expert):
+def test_data_file_types_from_the_table(tmp_path, slab_and_expert):
     slab, expert = slab_and_expert
-    types = composite_type_indices(slab, expert, TABLE)
-    assert [TABLE.type_names[t] for t in types[-2:]] == ["O", "C"]
-    assert np.sum(types == TABLE.type_names.index("Pt")) == 9
-    assert np.sum(types == TABLE.type_names.index("Pt_small")) == 27
+    path = tmp_path / "slab.data"
+    write_lammps_data(path, slab, expert, TABLE)
+    text = path.read_text()
+    assert "\n4 atom types\n" in text
+    assert "\nAtom Type Labels\n\n1 C\n2 O\n3 Pt\n4 Pt_small\n" in text
+    atoms = [line.split() for line in text.split("Atoms # atomic\n\n")[1].splitlines()]
+    types = np.array([int(fields[1]) for fields in atoms])
+    assert types[-2:].tolist() == [2, 1]  # O, C
+    assert np.sum(types == 3) == 9 and np.sum(types == 4) == 27
 
 
-def test_composite_type_errors(slab_and_expert):
+def test_data_file_type_errors(tmp_path, slab_and_expert):
     slab, expert = slab_and_expert
-    with pytest.raises(ValueError, match=r"C with expert `small` \(1 atoms\)"):
-        composite_type_indices(slab, np.where(slab.numbers == 6, 1, expert), TABLE)
+    path = tmp_path / "slab.data"
+    with pytest.raises(ValueError, match=r"\(C, small\) \(1 atoms"):
+        write_lammps_data(path, slab, np.where(slab.numbers == 6, 1, expert), TABLE)
     hydrogen = slab.copy()
     hydrogen.numbers[:2] = 1
-    with pytest.raises(ValueError, match=r"H with expert `small` \(2 atoms\)"):
-        composite_type_indices(hydrogen, expert, TABLE)
-    with pytest.raises(ValueError, match=r"labels \[2\] are out of range"):
-        composite_type_indices(slab, np.full(len(slab), 2), TABLE)
-
-
-def test_pair_coeff_line():
-    line = pair_coeff_line(TABLE, "moe.nequip.pt2")
-    assert line == "pair_coeff * * moe.nequip.pt2 C O Pt Pt_small"
+    with pytest.raises(ValueError, match=r"\(H, small\) \(2 atoms: the model has no element H"):
+        write_lammps_data(path, hydrogen, expert, TABLE)
+    with pytest.raises(ValueError, match=r"out of range"):
+        write_lammps_data(path, slab, np.full(len(slab), 2), TABLE)
+    assert not path.exists()
 
 
 def test_data_file_round_trip(slab_data_file, slab_and_expert):
@@ -164,8 +184,8 @@ def test_data_file_needs_atoms_inside_open_directions(tmp_path, slab_and_expert)
 
 @pytest.fixture
 def model_table(monkeypatch):
-    """`nequip-moe assign` reads TABLE from any model path (no model file needed)."""
-    monkeypatch.setattr(assign, "read_composite_table", lambda path: TABLE)
+    """`nequip-moe assign` reads TABLE (pair_allegro file) from any model path (no file needed)."""
+    monkeypatch.setattr(assign, "read_metadata", lambda path: model_metadata())
     return "moe_lmp.nequip.pt2"
 
 
@@ -187,7 +207,8 @@ def test_assign_cli_flags(tmp_path, model_table, capsys):
     # near C,O within 4.5 A: C, O and 10 Pt, of which 3 in the second layer; top layer: 9 Pt
     assert "big               14     0.368" in stdout
     assert "small             24     0.632" in stdout
-    assert "  pair_coeff * * moe_lmp.nequip.pt2 C O Pt Pt_small" in stdout
+    assert "  pair_coeff      * * moe_lmp.nequip.pt2 C O Pt Pt_small" in stdout
+    assert f"  read_data       {out_data}" in stdout
     expert = read(out_xyz).arrays["expert"]
     assert np.sum(expert == 0) == 14
     np.testing.assert_array_equal(read_lammps_data(out_data, TABLE).arrays["expert"], expert)
@@ -209,7 +230,7 @@ def test_assign_cli_rules_file(tmp_path, model_table, capsys):
     # flags override the file's settings
     assert run_assign(*args, "--buffer-shells", "2", "--pair-coeff-model", "/md/m.nequip.pt2") == 0
     assert np.sum(read(out_xyz).arrays["expert"] == 0) == 55
-    assert "pair_coeff * * /md/m.nequip.pt2 C O Pt Pt_small\n" in capsys.readouterr().out
+    assert "pair_coeff      * * /md/m.nequip.pt2 C O Pt Pt_small\n" in capsys.readouterr().out
 
 
 def _assert_error(capsys, rc, message):
@@ -224,7 +245,7 @@ def _assert_error(capsys, rc, message):
         (["--near", "C,O"], "--near `C,O`: expected SPECIES:CUTOFF"),
         (["--near", "C:4", "--expert", "medium"], "unknown expert `medium`"),
         ([], "no region rules"),
-        (["--near", "C,O:4.0"], "species H with expert `small` (2 atoms) (its composite types"),
+        (["--near", "C,O:4.0"], "(H, small) (2 atoms: the model has no element H)"),
     ],
 )
 def test_assign_cli_errors_keep_outputs(tmp_path, model_table, capsys, flags, message):
@@ -282,7 +303,30 @@ def test_assign_cli_reads_types_from_checkpoint(tmp_path, tiny_moe_run, capsys):
     model = tiny_moe_run / "best.ckpt"
     rc = run_assign(structure, "--model", model, "--near", "C,O:4.0", "--out-lammps", out_data)
     assert rc == 0
-    assert "  pair_coeff * * model.nequip.pt2 C O Pt Pt_small" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "  pair_coeff      * * model.nequip.pt2 C O Pt Pt_small" in stdout
+    assert "  pair_style      allegro" in stdout  # the tiny MoE's experts are strictly local
     assert "\nAtom Type Labels\n\n1 C\n2 O\n3 Pt\n4 Pt_small\n" in out_data.read_text()
     expert = read_lammps_data(out_data, TABLE).arrays["expert"]
     assert np.sum(expert == 0) == 9
+
+
+def test_assign_cli_preset(tmp_path, model_table):
+    """`--preset pt_co_coordination`: in bulk with a vacancy, the vacancy's 12 neighbours (found
+    here by distance) are the core; `--buffer-shells 0` keeps exactly them big."""
+    from ase.geometry import get_distances
+
+    pt = bulk("Pt", "fcc", a=PT_A, cubic=True).repeat((3, 3, 3))
+    del pt[0]
+    structure, out_xyz = tmp_path / "vacancy.extxyz", tmp_path / "out.xyz"
+    pt.write(structure)
+    args = (structure, "--model", model_table, "--preset", "pt_co_coordination")
+    assert run_assign(*args, "--buffer-shells", "0", "--out-xyz", out_xyz) == 0
+    _, from_vacancy = get_distances([0.0, 0.0, 0.0], pt.positions, cell=pt.cell, pbc=True)
+    nearest = np.isclose(from_vacancy[0], PT_A / np.sqrt(2))
+    assert nearest.sum() == 12
+    np.testing.assert_array_equal(read(out_xyz).arrays["expert"] == 0, nearest)
+    # the preset's own buffer (one shell) makes the region larger, still around the vacancy
+    assert run_assign(*args, "--out-xyz", out_xyz) == 0
+    big = read(out_xyz).arrays["expert"] == 0
+    assert big.sum() > 12 and big[nearest].all()

@@ -1,116 +1,135 @@
-"""Smoke test of ``nequip-moe bench``: tiny eager run, JSON schema, figures from the raw times."""
+"""``nequip-moe bench`` on a tiny eager run: every figure recomputed independently from the raw
+times, the structures and the cutoffs; the paper preset's architectures; argument errors; and
+the facts of the many-rank cost model (``benchmarks/project_ranks.py``)."""
 
 import json
-import math
 import pathlib
 import statistics
+import sys
 
 import numpy as np
 import pytest
+from ase.io import read
+from ase.neighborlist import neighbor_list
 
-from nequip_moe.benchmark import SlabSpec, high_fidelity_mask
+from structures import BenchSlab, write_bench_slabs
+
+from nequip_moe.benchmarking import high_fidelity_mask
+from nequip_moe.benchmarking.untrained import bench_configs
 from nequip_moe.scripts.cli import main
 
-TINY_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny_moe.yaml"
-ROW_KEYS = {
-    "n_atoms",
-    "hf_fraction",
-    "n_hf_atoms",
-    "target_fraction",
-    "t_moe_s",
-    "t_big_s",
-    "t_small_s",
-    "cost_ratio",
-    "speedup",
-    "ideal_speedup",
-    "efficiency",
-    "hf_edge_fraction",
-    "lf_edge_fraction",
-    "ideal_speedup_edges",
-    "efficiency_edges",
-    "times_s",
-    "n_edges",
-}
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import project_ranks  # noqa: E402
+
+CONFIGS = REPO / "configs"
+TINY_CONFIG = CONFIGS / "tiny_moe.yaml"
+R_MAX = {"big": 4.5, "small": 4.0}  # the experts' cutoffs in configs/tiny_moe.yaml
 
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    structure = out / "slabs.xyz"
+    write_bench_slabs(structure, sizes=[3, 4], layers=4)
     json_path = out / "results.json"
-    args = ["bench", "--quick", "--eager", "--config", str(TINY_CONFIG), "--out-dir", str(out)]
-    rc = main(args + ["--json", str(json_path)])
-    assert rc == 0
-    return out, json.loads(json_path.read_text())
+    args = ["bench", "--structure", str(structure), "--quick", "--eager",
+            "--config", str(TINY_CONFIG), "--out-dir", str(out), "--json", str(json_path)]
+    assert main(args) == 0
+    return out, read(structure, index=":"), json.loads(json_path.read_text())
 
 
-def test_schema(bench_run):
-    out, results = bench_run
-    assert {"rows", "scaling", "memory", "training", "machine"} <= set(results)
-    assert len(results["rows"]) == 4  # two sizes x two fractions (--quick)
-    for row in results["rows"]:
-        assert ROW_KEYS <= set(row)
+def test_runs_every_size_and_fraction(bench_run):
+    out, frames, results = bench_run
+    rows = results["rows"]
+    assert [(r["n_atoms"], r["target_fraction"]) for r in rows] == [
+        (len(a), f) for a in frames for f in (0.25, 1.0)
+    ]
+    for row in rows:
         for name in ("moe", "big", "small"):
             assert len(row["times_s"][name]) == 2 and all(t > 0 for t in row["times_s"][name])
-    machine = results["machine"]
-    assert machine["device"] == "cpu" and machine["torch_threads"] == 1
-    assert {"torch", "nequip", "nequip-allegro", "ase"} <= set(machine["versions"])
-    for path in results["plots"]:
-        assert pathlib.Path(path).stat().st_size > 0
-    assert pathlib.Path(results["plots"][0]).parent == out
+    assert results["machine"]["torch_threads"] == 1
+    assert [pathlib.Path(p).name for p in results["plots"]] == ["speedup.png", "scaling.png"]
+    assert all(pathlib.Path(p).stat().st_size > 0 and pathlib.Path(p).parent == out
+               for p in results["plots"])
 
 
 def test_figures_follow_from_raw_times(bench_run):
-    _, results = bench_run
+    _, _, results = bench_run
     for row in results["rows"]:
         t_moe, t_big, t_small = (
             statistics.median(row["times_s"][k]) for k in ("moe", "big", "small")
         )
         f = row["n_hf_atoms"] / row["n_atoms"]
-        assert row["hf_fraction"] == pytest.approx(f)
         c = t_small / t_big
         ideal = 1.0 / (f + (1.0 - f) * c)
+        assert row["hf_fraction"] == pytest.approx(f)
         assert row["cost_ratio"] == pytest.approx(c)
         assert row["ideal_speedup"] == pytest.approx(ideal)
         assert row["speedup"] == pytest.approx(t_big / t_moe)
         assert row["efficiency"] == pytest.approx(t_big / t_moe / ideal)
         ideal_edges = 1.0 / (row["hf_edge_fraction"] + row["lf_edge_fraction"] * c)
         assert row["ideal_speedup_edges"] == pytest.approx(ideal_edges)
-        if row["target_fraction"] == 1.0:
-            assert f == 1.0 and row["ideal_speedup"] == pytest.approx(1.0)
-        else:
-            assert 0.0 < f < 1.0
+        assert row["efficiency_edges"] == pytest.approx(t_big / t_moe / ideal_edges)
+
+
+def test_fractions_and_edges_counted_independently(bench_run):
+    """The high-fidelity atoms are C, O and then the highest Pt; edge shares come from ASE's
+    neighbour list at each expert's own cutoff."""
+    _, frames, results = bench_run
+    for atoms, rows in zip(frames, (results["rows"][:2], results["rows"][2:])):
+        order = np.argsort(-atoms.positions[:, 2], kind="stable")
+        for row in rows:
+            is_co = atoms.numbers != 78
+            n_hf = max(int(round(row["target_fraction"] * len(atoms))), int(is_co.sum()))
+            pt_by_height = [i for i in order if not is_co[i]]
+            mask = is_co.copy()
+            mask[pt_by_height[: n_hf - int(is_co.sum())]] = True
+            assert row["n_hf_atoms"] == mask.sum()
+            centres = {name: neighbor_list("i", atoms, r) for name, r in R_MAX.items()}
+            assert row["n_edges"]["big"] == len(centres["big"])
+            assert row["n_edges"]["small"] == len(centres["small"])
+            assert row["hf_edge_fraction"] == pytest.approx(mask[centres["big"]].mean())
+            assert row["lf_edge_fraction"] == pytest.approx((~mask)[centres["small"]].mean())
+            if row["target_fraction"] == 1.0:
+                assert row["ideal_speedup"] == pytest.approx(1.0)
+
+
+def test_cost_weights_from_the_largest_structure(bench_run):
+    _, _, results = bench_run
+    largest = max(results["rows"], key=lambda r: r["n_atoms"])
+    t = {"big": largest["t_big_s"], "small": largest["t_small_s"]}
+    assert results["cost_weights"] == pytest.approx(
+        {name: value / min(t.values()) for name, value in t.items()}
+    )
+    assert min(results["cost_weights"].values()) == 1.0
 
 
 def test_scaling_memory_training(bench_run):
-    _, results = bench_run
-    rows = results["rows"]
+    _, frames, results = bench_run
     big = results["scaling"]["big"]
-    assert big["n_atoms"] == sorted({r["n_atoms"] for r in rows})
+    assert big["n_atoms"] == [len(a) for a in frames]
     slope = np.polyfit(np.log(big["n_atoms"]), np.log(big["time_s"]), 1)[0]
     assert big["exponent"] == pytest.approx(slope)
-    assert set(results["scaling"]) == {"big", "small", "moe f=0.25", "moe f=1"}
 
     memory = results["memory"]
-    assert memory["n_atoms"] == max(r["n_atoms"] for r in rows)
-    for name in ("moe", "big", "small"):
-        entry = memory[name]
-        assert entry["peak_bytes"] == entry["baseline_bytes"] + entry["call_bytes"]
-        assert entry["call_bytes"] > 0
-    moe_over_big = memory["moe"]["call_bytes"] / memory["big"]["call_bytes"]
-    assert memory["moe_over_big"] == pytest.approx(moe_over_big)
+    assert memory["n_atoms"] == len(frames[-1])
+    assert memory["moe_over_big"] == pytest.approx(
+        memory["moe"]["call_bytes"] / memory["big"]["call_bytes"]
+    )
 
     training = results["training"]
-    assert training["n_shared_atoms"] > 0
-    for name in ("big", "moe", "moe_cotrain"):
+    assert training["n_atoms"] == 2 * len(frames[0])  # --quick: two copies of the smallest
+    assert 0 < training["n_shared_atoms"] < training["n_atoms"]
+    for name in ("big", "moe", "moe_cotrain", "moe_staged"):
         median = statistics.median(training["times_s"][name])
         assert training[f"{name}_step_s"] == pytest.approx(median)
-    assert training["moe_cotrain_over_big"] == pytest.approx(
-        training["moe_cotrain_step_s"] / training["big_step_s"]
-    )
+        if name != "big":
+            assert training[f"{name}_over_big"] == pytest.approx(median / training["big_step_s"])
 
 
 def test_high_fidelity_mask_takes_forced_then_highest():
-    atoms = SlabSpec(size=4, layers=4, co_spacing=2).build()
+    atoms = BenchSlab(size=4, layers=4, co_spacing=2).build()
     forced = atoms.numbers != 78
     mask = high_fidelity_mask(atoms, 0.5, forced)
     assert mask.sum() == round(0.5 * len(atoms)) and mask[forced].all()
@@ -118,9 +137,79 @@ def test_high_fidelity_mask_takes_forced_then_highest():
     assert z[mask & ~forced].min() > z[~mask].max()
     # below the forced count the forced atoms alone are high fidelity
     assert (high_fidelity_mask(atoms, 0.0, forced) == forced).all()
-    assert forced.sum() == 8 and math.isclose(z[forced].min(), z.max() - 1.15, abs_tol=0.2)
 
 
-def test_model_files_must_come_together(tmp_path, capsys):
-    assert main(["bench", "--moe", str(tmp_path / "moe.nequip.pt2")]) == 2
+def test_paper_preset_has_the_published_sizes():
+    configs, _ = bench_configs(CONFIGS / "pt_co_moe.yaml", "float32", preset="paper")
+    expected = {
+        "big": {"l_max": 3, "num_layers": 4, "num_scalar_features": 128,
+                "num_tensor_features": 64, "r_max": 7.0},
+        "small": {"l_max": 1, "num_layers": 2, "num_scalar_features": 32,
+                  "num_tensor_features": 32, "r_max": 7.0},
+    }
+    for name, sizes in expected.items():
+        assert {k: configs[name][k] for k in sizes} == sizes
+        assert configs[name]["model_dtype"] == "float32"
+        assert configs[name]["_target_"] == "allegro.model.AllegroModel"
+        assert configs[name]["avg_num_neighbors"] == 30.0  # ${training_data_stats:...} resolved
+    assert configs["moe"]["r_max"] == 7.0
+    assert configs["moe"]["experts"]["big"]["num_layers"] == 4
+
+
+def test_bad_arguments_are_named(tmp_path, capsys):
+    structure = ["bench", "--structure", str(tmp_path / "s.xyz")]
+    assert main([*structure, "--moe", "moe.nequip.pt2"]) == 2
     assert "give all of --moe --big --small" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*structure, "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_missing_structure_file_is_named(tmp_path, capsys):
+    assert main(["bench", "--structure", str(tmp_path / "none.xyz"), "--eager",
+                 "--config", str(TINY_CONFIG), "--out-dir", str(tmp_path)]) != 0
+    assert "none.xyz` does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- projection to many ranks
+
+
+def test_uniform_cost_on_a_divisible_lattice_is_balanced():
+    grid = np.stack(np.meshgrid(*[np.arange(8) + 0.5] * 3, indexing="ij"), -1).reshape(-1, 3)
+    weights = np.ones(len(grid))
+    assert project_ranks.processor_grid(8, (8, 8, 8)) == (2, 2, 2)
+    loads = project_ranks.grid_loads(grid, weights, (8, 8, 8), 8)
+    assert loads.tolist() == [64.0] * 8 and project_ranks.imbalance(loads) == 1.0
+    assert project_ranks.imbalance(project_ranks.rcb_loads(grid, weights, 8)) == 1.0
+    # a thin slab is not cut across its thickness
+    assert project_ranks.processor_grid(16, (100, 100, 10))[2] == 1
+
+
+@pytest.mark.parametrize("geometry", project_ranks.GEOMETRIES)
+def test_weighted_partition_beats_equal_volumes(geometry):
+    positions, big, box = project_ranks.slab(20_000, geometry)
+    weights = np.where(big, 50.0, 1.0)
+    for n_ranks in (8, 64):
+        grid = project_ranks.grid_loads(positions, weights, box, n_ranks)
+        rcb = project_ranks.rcb_loads(positions, weights, n_ranks)
+        assert len(rcb) == n_ranks
+        assert grid.sum() == pytest.approx(weights.sum()) and rcb.sum() == pytest.approx(weights.sum())
+        assert rcb.max() <= grid.max()
+        # each bisection misses its target by at most one atom's weight
+        assert rcb.max() <= weights.sum() / n_ranks + np.log2(n_ranks) * weights.max()
+    assert big.any() and not big.all()
+
+
+def test_composed_config_keeps_its_own_agreement_terms():
+    """A config with a Hydra defaults list is composed like `nequip-train` composes it; a
+    co-training loss is used as it is, a plain one gets both agreement terms."""
+    from nequip_moe.benchmarking.training import cotrain_loss
+
+    _, cotrain = bench_configs(CONFIGS / "pt_co_cotrain.yaml")
+    _, plain = bench_configs(CONFIGS / "pt_co_moe.yaml")
+    names = [m["name"] for m in cotrain["loss"]["extra_metrics"]]
+    assert names == ["energy_agreement", "force_agreement"]
+    assert cotrain_loss(cotrain["loss"], ["big", "small"]) == cotrain["loss"]
+    added = cotrain_loss(plain["loss"], ["big", "small"])["extra_metrics"]
+    assert [m["field"]["field"] for m in added] == ["atomic_energy", "forces"]
+    assert "extra_metrics" not in plain["loss"]  # the config itself is left as it was

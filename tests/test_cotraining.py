@@ -8,6 +8,7 @@ import torch
 from ase.build import bulk, fcc111
 from ase.eos import EquationOfState
 from ase.io import write
+from hydra.utils import instantiate
 
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import NeighborListTransform
@@ -15,10 +16,10 @@ from nequip.train.metrics import MeanSquaredError
 
 from nequip_moe.data import SharedEnvironments
 from nequip_moe.integrations.model_files import load_model
-from nequip_moe.train import AgreementMSE, ExpertAgreement, ExpertError
+from nequip_moe.train import EmptySafeMSE, ExpertAgreement, ExpertError
 
 from conftest import CONFIGS, run_tool
-from pt_co_frames import labelled
+from structures import labelled
 from test_moe_model import (  # noqa: F401  (float64: module-wide float64 fixture)
     TWO_ALLEGRO,
     build,
@@ -91,6 +92,34 @@ def test_resumed_cotraining_continues_identically(tmp_path, pt_co_frames_file):
         *common,
     )
     assert_same_weights(straight / "last.ckpt", resumed / "last.ckpt", atol=1e-10)
+
+
+def test_float32_cotraining_end_to_end(tmp_path, pt_co_frames_file):
+    """`model_dtype: float32` trains with the agreement terms, tests and predicts in float32, and
+    predicts what the float64 model with the same weights predicts, to float32 precision."""
+    run = train(
+        tmp_path / "f32", "tiny_cotrain", pt_co_frames_file,
+        "trainer.max_epochs=1", "training_module.model.model_dtype=float32",
+    )
+    model32, _ = load_model(run / "last.ckpt")
+    assert {p.dtype for p in model32.parameters()} == {torch.float32}
+    hyper = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+    config64 = {**hyper["info_dict"]["training_module"]["model"], "model_dtype": "float64"}
+    model64 = instantiate(config64, _recursive_=False).eval()
+    model64.load_state_dict(model32.state_dict())
+
+    atoms = pt_co_slab(size=(2, 2, 3))
+    labels = half_labels(atoms)
+    data = typed_graph(atoms, TWO_ALLEGRO_TINY, labels)
+    data["shared"] = torch.as_tensor(atoms.numbers == 78).long().view(-1, 1)
+    out32, out64 = model32(dict(data)), model64(dict(data))
+    keys = ["total_energy", "atomic_energy", "forces", "expert_atomic_energy", "expert_forces"]
+    for key in keys:
+        torch.testing.assert_close(
+            out32[key].double(), out64[key], atol=2e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}"
+        )
+    # float32 arithmetic really happened (float64 round-off alone would be ~1e-15)
+    assert (out32["forces"].double() - out64["forces"]).abs().max() > 1e-9
 
 
 def pt_frames(seed=0):
@@ -181,7 +210,7 @@ def test_agreement_makes_experts_agree_on_bulk(tmp_path):
 
 def agreement_loss(model, data):
     out = model(dict(data))
-    metric = AgreementMSE()
+    metric = EmptySafeMSE()
     return metric(*ExpertAgreement("forces", EXPERTS)(out, data))
 
 
@@ -220,11 +249,11 @@ def test_empty_shared_set_is_a_zero_term():
     data["shared"] = torch.zeros(len(atoms), 1, dtype=torch.long)
     out = model(dict(data))
     for field in ["atomic_energy", "forces"]:
-        value = AgreementMSE()(*ExpertAgreement(field, EXPERTS)(out, data))
+        value = EmptySafeMSE()(*ExpertAgreement(field, EXPERTS)(out, data))
         assert value.item() == 0.0
     # nequip's own MSE would give NaN and poison the loss
     assert torch.isnan(MeanSquaredError()(*ExpertAgreement("forces", EXPERTS)(out, data)))
-    error = AgreementMSE()(*ExpertError("total_energy", EXPERTS, "big")(out, out))
+    error = EmptySafeMSE()(*ExpertError("total_energy", EXPERTS, "big")(out, out))
     assert error.item() == 0.0
 
 
@@ -270,8 +299,14 @@ def test_bulk_like_rule_marks_interior_host_atoms():
     z = slab.positions[:, 2]
     interior = (z > z.min() + 0.5) & (z < z.max() - 0.5)
     assert torch.equal(data["shared"].view(-1).bool(), torch.as_tensor(interior))
-    # a CO near the surface removes the atoms within `foreign_radius` of it
+    # a CO near the surface removes the interior Pt within `foreign_radius` of C or O
     co_slab = pt_co_slab(size=(3, 3, 5))
     shared = SharedEnvironments(host="Pt", foreign_radius=4.5)(from_ase(co_slab))["shared"]
-    assert 0 < shared.sum() < interior.sum()
+    pt = co_slab.numbers == 78
+    z = co_slab.positions[:, 2]
+    interior = pt & (z > z[pt].min() + 0.5) & (z < z[pt].max() - 0.5)
+    nearest_foreign = co_slab.get_all_distances(mic=True)[:, ~pt].min(axis=1)
+    expected = interior & (nearest_foreign >= 4.5)
+    assert 0 < expected.sum() < interior.sum()
+    assert torch.equal(shared.view(-1).bool(), torch.as_tensor(expected))
     assert SharedEnvironments(all_atoms=True)(from_ase(co_slab))["shared"].all()

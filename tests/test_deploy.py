@@ -1,5 +1,8 @@
 """`nequip-moe deploy`: package + compile + composite-type table + LAMMPS input."""
 
+import json
+import pathlib
+
 import pytest
 import yaml
 
@@ -18,7 +21,7 @@ def test_deploy_writes_table_and_lammps_input(tiny_moe_deployed, tiny_moe_packag
     ].split()
     script = (tiny_moe_deployed / "tiny_moe.lammps.in").read_text()
     assert "newton          on" in script
-    assert "pair_style allegro" in script
+    assert "pair_style      allegro" in script
     assert f"pair_coeff      * * tiny_moe_pair_allegro.nequip.pt2 {' '.join(table['type_names'])}" in script
 
 
@@ -36,3 +39,32 @@ def test_deploy_bad_input_keeps_existing_files(tmp_path, tiny_moe_deployed):
     with pytest.raises(RuntimeError, match="could not be loaded"):
         run_tool(["nequip-moe", "deploy", corrupt], cwd=tmp_path)
     assert (tmp_path / "corrupt.types.yaml").read_text() == "kept: true\n"
+
+
+def test_deploy_writes_balanced_and_pair_nequip_inputs(tmp_path, monkeypatch, capsys):
+    """The LAMMPS input for each LAMMPS target, with cost weights from a bench JSON (the
+    nequip tools are replaced by stand-ins that write empty files)."""
+    from nequip_moe.scripts import cli, deploy
+
+    from test_assign_cli import model_metadata
+
+    package = tmp_path / "moe.nequip.zip"
+    package.write_bytes(b"")
+    monkeypatch.setattr(deploy, "read_metadata", lambda path: model_metadata("1 0", None))
+    monkeypatch.setattr(deploy, "_run", lambda cmd, cwd: pathlib.Path(cmd[2]).write_bytes(b""))
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"cost_weights": {"big": 6.5, "small": 1.0}}))
+    args = ["deploy", str(package), "--out-dir", str(tmp_path / "out")]
+    assert cli.main(args + ["--targets", "pair_nequip", "ase"]) == 0, capsys.readouterr().err
+    script = (tmp_path / "out" / "moe.lammps.in").read_text()
+    assert "pair_style      nequip" in script and "newton          off" in script
+    assert "balance" not in script  # one MPI rank
+
+    monkeypatch.setattr(deploy, "read_metadata", lambda path: model_metadata("0 0", None))
+    assert cli.main(args + ["--targets", "pair_allegro", "--cost-weights", str(bench)]) == 0
+    script = (tmp_path / "out" / "moe.lammps.in").read_text()
+    assert "pair_coeff      * * moe_pair_allegro.nequip.pt2 C O Pt Pt_small" in script
+    assert "6.5*(type==label2type(atom,Pt))+1*(type==label2type(atom,Pt_small))" in script
+    assert "fix             nequip_moe_balance all balance 100 1.10 shift xyz 20 1.02 weight var nequip_moe_cost" in script
+    types = yaml.safe_load((tmp_path / "out" / "moe.types.yaml").read_text())
+    assert types["composite_types"]["Pt_small"] == {"element": "Pt", "expert": "small"}

@@ -100,6 +100,21 @@ def test_atom_energy_is_own_experts_energy(config):
         )
 
 
+def test_cotraining_outputs_are_equivariant():
+    """nequip's equivariance check covers the co-training outputs through their declared irreps
+    (per-expert 0e energies, per-expert 1o forces)."""
+    from nequip.utils.test import assert_AtomicData_equivariant
+
+    moe = build(TWO_ALLEGRO)
+    irreps = moe.irreps_out
+    assert str(irreps["expert_atomic_energy"]) == "2x0e" and str(irreps["expert_forces"]) == "1x1o"
+    atoms = pt_co_slab(size=(2, 2, 2))
+    data = typed_graph(atoms, TWO_ALLEGRO, half_labels(atoms))
+    data["shared"] = torch.as_tensor(atoms.numbers == 78).long().view(-1, 1)
+    message = assert_AtomicData_equivariant(moe, data)
+    assert "expert_forces" in message and "expert_atomic_energy" in message
+
+
 def test_single_expert_equals_expert_alone():
     """An MoE of one expert owning every type is that expert (energy, forces, stress)."""
     expert = allegro_expert(l_max=2, num_layers=2, num_scalar_features=16)
@@ -207,7 +222,56 @@ def test_metadata_carries_composite_table():
     assert metadata["moe_type_experts"] == "big small big small small big"
     assert metadata["moe_expert_names"] == "big small"
     assert metadata["moe_expert_r_max"] == "4.0 3.5"
+    assert metadata["moe_expert_halo_hops"] == "0 0"
     assert float(metadata["r_max"]) == 4.0
+    # neighbour cutoffs: a centre's row holds its own (strictly local) expert's cutoffs
+    small = {"C": {"C": 3.0, "O": 3.0, "Pt": 3.0}, "O": {"C": 3.5, "O": 2.8, "Pt": 3.2}}
+    types = TWO_ALLEGRO["composite_types"]
+    expected = [
+        4.0 if types[a]["expert"] == "big"
+        else small.get(types[a]["element"], {}).get(types[b]["element"], 3.5)
+        for a in TWO_ALLEGRO["type_names"]
+        for b in TWO_ALLEGRO["type_names"]
+    ]
+    assert [float(c) for c in metadata["per_edge_type_cutoff"].split()] == expected
+    # co-training evaluates the small expert on big atoms too: every pair needs the largest cutoff
+    moe_energy = next(m for m in build(TWO_ALLEGRO).modules() if isinstance(m, MixtureOfExpertsEnergy))
+    assert moe_energy.neighbor_cutoffs(cotraining=True) == [[4.0] * 6] * 6
+    # a NequIP expert of 2 layers has a halo of one shell: it needs its edges from every centre
+    metadata = build(NEQUIP_ALLEGRO).metadata
+    assert metadata["moe_expert_halo_hops"] == "1 0"
+    assert set(metadata["per_edge_type_cutoff"].split()) == {"4.0"}
+
+
+def allegro_by_another_name(**kwargs):
+    """A model builder whose receptive field nequip-moe does not know (Allegro, renamed)."""
+    from allegro.model import AllegroModel
+
+    return AllegroModel(**kwargs)
+
+
+def test_expert_locality_is_declared_or_known():
+    """Declared receptive fields override unknown ones, are written to the metadata, and may not
+    undercut what a known builder needs."""
+    config = copy.deepcopy(NEQUIP_ALLEGRO)
+    config["expert_locality"] = {"big": 3, "small": "all"}
+    metadata = build(config).metadata
+    assert metadata["moe_expert_halo_hops"] == "3 -1"
+    config["expert_locality"] = {"big": "local"}
+    with pytest.raises(ValueError, match=r"declares 0 halo shells for expert `big`, but its builder nequip.model.NequIPGNNModel needs 1"):
+        build(config)
+    config["expert_locality"] = {"huge": "local"}
+    with pytest.raises(ValueError, match="expert_locality names `huge`"):
+        build(config)
+    config["expert_locality"] = {"big": "nearby"}
+    with pytest.raises(ValueError, match="expert_locality of `big` is 'nearby'"):
+        build(config)
+    # an expert from a builder of unknown structure is not guessed local: all edges, with a warning
+    config = copy.deepcopy(TWO_ALLEGRO)
+    config["experts"]["small"]["_target_"] = "test_moe_model.allegro_by_another_name"
+    with pytest.warns(UserWarning, match="expert `small` .* has a receptive field nequip-moe does not know"):
+        metadata = build(config).metadata
+    assert metadata["moe_expert_halo_hops"] == "0 -1"
 
 
 def _bad(config_edit, match):
@@ -225,6 +289,7 @@ def test_bad_model_configs_name_the_problem():
     _bad(lambda c: c["experts"]["small"].update(r_max=5.0), "expert `small` has r_max 5.0 > the MoE r_max 4.0")
     _bad(lambda c: c["experts"]["big"].update(seed=3), r"expert `big` sets \['seed'\]")
     _bad(lambda c: c.update(per_edge_type_cutoff={"Pt": 3.0}), "per_edge_type_cutoff Pt-.* is below")
+    _bad(lambda c: c.update(per_edge_type_cutoff={"Pt_small": {"C_small": 3.4}}), r"per_edge_type_cutoff Pt_small-C_small = 3.4 is below the 3.5")
     _bad(lambda c: c.update(experts={}), "needs at least one expert")
     _bad(lambda c: c["composite_types"]["O"].update(expert="small"), "repeats the pair")
 
@@ -268,29 +333,3 @@ def test_transform_errors_name_the_problem():
         TWO_ALLEGRO["type_names"], TWO_ALLEGRO["composite_types"], ["big", "small"], "small"
     )(from_ase(Atoms("PtO", positions=[[0, 0, 0], [2, 0, 0]])))
     assert unlabelled["atom_types"].tolist() == [3, 1]
-
-
-def test_train_time_compile_matches_eager():
-    """Under `compile_mode: compile` the (dense) model trains through torch.compile like eager."""
-    from nequip.data import AtomicDataDict
-
-    config = copy.deepcopy(TWO_ALLEGRO)
-    config["experts"]["big"] = allegro_expert()
-    eager = build(config)
-    compiled = build(config, compile_mode="compile")
-    compiled.load_state_dict(eager.state_dict())
-    frames = [pt_co_slab(size=(2, 2, 2)), pt_co_slab(size=(2, 2, 3), seed=1)]
-    batch = AtomicDataDict.batched_from_list(
-        [typed_graph(a, config, half_labels(a)) for a in frames]
-    )
-    outputs = []
-    for model in (eager, compiled):
-        model.train()
-        out = model(dict(batch))
-        (out["forces"].square().sum() + out["total_energy"].square().sum()).backward()
-        outputs.append(out)
-    for key in ["total_energy", "forces", "stress"]:
-        torch.testing.assert_close(outputs[1][key], outputs[0][key], atol=1e-10, rtol=0)
-    grads = dict(eager.named_parameters())
-    for name, param in compiled.named_parameters():
-        torch.testing.assert_close(param.grad, grads[name].grad, atol=1e-10, rtol=0)

@@ -6,14 +6,17 @@ below put type 1 on the small expert, so every mixin test evaluates both experts
 
 import copy
 
+import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from nequip.data import to_ase
+from nequip.data import AtomicDataDict, compute_neighborlist_, from_dict, to_ase
 from nequip.utils.unittests.model_tests_ase_integration import ASEIntegrationMixin
 
 from nequip_moe.integrations.ase import MoECalculator
+from nequip_moe.nn import MixtureOfExpertsEnergy
 
 from conftest import CONFIGS
 
@@ -48,6 +51,20 @@ def allegro_expert(**overrides):
     return config
 
 
+def nequip_expert(**overrides):
+    config = {
+        "_target_": "nequip.model.NequIPGNNModel",
+        "l_max": 1,
+        "num_layers": 2,
+        "num_features": 8,
+        "radial_mlp_depth": 1,
+        "radial_mlp_width": 8,
+        "avg_num_neighbors": 5.0,
+    }
+    config.update(overrides)
+    return config
+
+
 def moe_config(experts, r_max=4.0):
     return {
         "_target_": "nequip_moe.model.MoEModel",
@@ -71,20 +88,7 @@ TWO_ALLEGRO = moe_config(
     }
 )
 # a message-passing NequIP expert (routed with its receptive-field halo) and an Allegro one
-NEQUIP_ALLEGRO = moe_config(
-    {
-        "big": {
-            "_target_": "nequip.model.NequIPGNNModel",
-            "l_max": 1,
-            "num_layers": 2,
-            "num_features": 8,
-            "radial_mlp_depth": 1,
-            "radial_mlp_width": 8,
-            "avg_num_neighbors": 5.0,
-        },
-        "small": allegro_expert(r_max=3.6),
-    }
-)
+NEQUIP_ALLEGRO = moe_config({"big": nequip_expert(), "small": allegro_expert(r_max=3.6)})
 
 
 class _MixinMoECalculator(MoECalculator):
@@ -102,11 +106,34 @@ class _MixinMoECalculator(MoECalculator):
         return super().from_compiled_model(compile_path, **kwargs)
 
 
+def composite_type(config, element, expert):
+    """Index of the composite type of (element, expert) in the model's type names."""
+    for index, name in enumerate(config["type_names"]):
+        entry = config["composite_types"][name]
+        if entry["element"] == element and entry["expert"] == expert:
+            return index
+    raise KeyError((element, expert))
+
+
+def expert_cutoff(config, expert, centre, neighbour):
+    """An expert's cutoff for edges from a ``centre`` atom to a ``neighbour`` atom, read from its
+    config as nequip reads ``per_edge_type_cutoff`` (missing entries: the expert's ``r_max``)."""
+    expert_config = config["experts"][expert]
+    r_max = float(expert_config.get("r_max", config["r_max"]))
+    cutoff = (expert_config.get("per_edge_type_cutoff") or {}).get(centre, r_max)
+    if isinstance(cutoff, dict):
+        cutoff = cutoff.get(neighbour, r_max)
+    return float(cutoff)
+
+
 class MoEMixinTests(ASEIntegrationMixin):
     """Runs nequip's basic, energy and ASE-compile model tests on an MoE config.
 
     Training sessions use `configs/tiny_moe.yaml` on EMT Pt+CO frames with expert labels,
-    rewritten for the class's composite types.
+    rewritten for the class's composite types. nequip's `test_embedding_cutoff` and
+    `test_isolated_atom_energies` would pass without checking anything for an MoE (the model's
+    output holds no edge embedding; the shifts are per element, not per composite type): they
+    are replaced by MoE versions.
     """
 
     @pytest.fixture(scope="class", params=["package"])
@@ -142,6 +169,89 @@ class MoEMixinTests(ASEIntegrationMixin):
             structures += to_ase(data.copy(), extra_fields=["expert"])
         assert {0, 1} <= {int(e) for a in structures for e in a.arrays["expert"].ravel()}
         return structures
+
+    def test_embedding_cutoff(self, model, device):
+        """Each expert's edge embeddings vanish at its own (per-edge-type) cutoffs: the edge from
+        a centre of element a to a neighbour of element b is kept up to the expert's cutoff for
+        (a, b), where its embedding and its energy contribution go smoothly to zero."""
+        _, config, _ = model
+        instance = self.make_model(config, device)
+        (moe_energy,) = [m for m in instance.modules() if isinstance(m, MixtureOfExpertsEnergy)]
+        seen = {}
+        for name, expert in moe_energy.experts.items():
+            expert.register_forward_hook(
+                lambda module, args, out, name=name: seen.__setitem__(name, out)
+            )
+        elements = sorted({c["element"] for c in config["composite_types"].values()})
+        tol = 1e-4 if config["model_dtype"] == "float32" else 1e-6
+
+        def evaluate(expert, centre, neighbour, distance):
+            """Two atoms of the expert; its embedding of the edge 0 -> 1 (None: no such edge)
+            and the centre's energy."""
+            data = from_dict(
+                {
+                    "atom_types": np.array(
+                        [
+                            composite_type(config, centre, expert),
+                            composite_type(config, neighbour, expert),
+                        ]
+                    ),
+                    "pos": np.array([[0.0, 0.0, 0.0], [distance, 0.0, 0.0]]),
+                }
+            )
+            data = compute_neighborlist_(data, r_max=float(config["r_max"]))
+            seen.clear()
+            out = instance(AtomicDataDict.to_(data, device))
+            centre_energy = out[AtomicDataDict.PER_ATOM_ENERGY_KEY][0].item()
+            expert_out = seen[expert]
+            edges = expert_out[AtomicDataDict.EDGE_INDEX_KEY]
+            edge = ((edges[0] == 0) & (edges[1] == 1)).nonzero().view(-1)
+            if edge.numel() == 0:
+                return None, centre_energy
+            return expert_out[AtomicDataDict.EDGE_EMBEDDING_KEY][edge[0]], centre_energy
+
+        for expert in config["experts"]:
+            for centre in elements:
+                for neighbour in elements:
+                    cutoff = expert_cutoff(config, expert, centre, neighbour)
+                    case = f"expert {expert}, edge {centre} -> {neighbour}, cutoff {cutoff}"
+                    inside, _ = evaluate(expert, centre, neighbour, 0.8 * cutoff)
+                    at_cutoff, energy_at = evaluate(expert, centre, neighbour, cutoff * (1 - 1e-3))
+                    beyond, energy_beyond = evaluate(expert, centre, neighbour, cutoff * (1 + 1e-3))
+                    assert inside is not None and at_cutoff is not None, case
+                    assert inside.abs().max() > 1e-6, case
+                    assert at_cutoff.abs().max() < tol * inside.abs().max(), case
+                    assert beyond is None or torch.all(beyond == 0), case
+                    assert abs(energy_at - energy_beyond) < tol, case
+
+    def test_isolated_atom_energies(self, model, device):
+        """An isolated atom of every composite type gets its own expert's shift for its element
+        (the experts are given different per-element shifts)."""
+        _, config, _ = model
+        config = copy.deepcopy(config)
+        elements = sorted({c["element"] for c in config["composite_types"].values()})
+        shifts = {}
+        for k, (name, expert) in enumerate(config["experts"].items()):
+            shifts[name] = {el: -(10.0**k) * (i + 1.25) for i, el in enumerate(elements)}
+            expert["per_type_energy_shifts"] = shifts[name]
+        instance = self.make_model(config, device)
+        frames = [
+            from_dict({"atom_types": np.array([t]), "pos": np.zeros((1, 3))})
+            for t in range(len(config["type_names"]))
+        ]
+        data = compute_neighborlist_(
+            AtomicDataDict.batched_from_list(frames), r_max=float(config["r_max"])
+        )
+        assert data[AtomicDataDict.EDGE_INDEX_KEY].shape[1] == 0
+        out = instance(AtomicDataDict.to_(data, device))
+        expected = [
+            shifts[config["composite_types"][t]["expert"]][config["composite_types"][t]["element"]]
+            for t in config["type_names"]
+        ]
+        energies = out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1)
+        torch.testing.assert_close(
+            energies, torch.tensor(expected, dtype=energies.dtype, device=energies.device)
+        )
 
     def model_parameter_updates(self, model_config):
         updates = {

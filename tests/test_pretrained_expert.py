@@ -1,12 +1,18 @@
-"""Starting an expert from a trained model: PretrainedExpert, frozen_experts, expert learning rates."""
+"""Starting an expert from a trained model: PretrainedExpert, frozen_experts, expert learning
+rates, and the whole staged route (train an expert -> package it -> MoE with the packaged or
+checkpointed expert -> train -> package -> compile -> the same numbers as eager)."""
 
 
 import copy
+import shutil
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from nequip_moe.integrations.model_files import load_model
 from nequip_moe.nn import MixtureOfExpertsEnergy
 from nequip_moe.train import expert_param_groups
 
@@ -69,11 +75,24 @@ def moe_with_pretrained_big(ckpt, **options):
     return build(config, **options), config
 
 
-def test_pretrained_expert_keeps_its_energies_and_can_be_frozen(trained_allegro):
-    from nequip_moe.integrations.model_files import load_model
+@pytest.fixture(scope="module")
+def allegro_package(trained_allegro):
+    """The trained Allegro model packaged with `nequip-package build`."""
+    path = trained_allegro.parent / "allegro.nequip.zip"
+    run_tool(["nequip-package", "build", trained_allegro, path], cwd=trained_allegro.parent)
+    return path
 
-    moe, config = moe_with_pretrained_big(trained_allegro, frozen_experts=["big"])
-    reference, _ = load_model(trained_allegro)
+
+@pytest.fixture(params=["checkpoint", "package"])
+def pretrained_file(request, trained_allegro):
+    if request.param == "checkpoint":
+        return trained_allegro
+    return request.getfixturevalue("allegro_package")
+
+
+def test_pretrained_expert_keeps_its_energies_and_can_be_frozen(pretrained_file):
+    moe, config = moe_with_pretrained_big(pretrained_file, frozen_experts=["big"])
+    reference, _ = load_model(pretrained_file)
     atoms = pt_co_slab()
     labels = half_labels(atoms)
     out = moe(typed_graph(atoms, config, labels))
@@ -93,6 +112,10 @@ def test_pretrained_expert_keeps_its_energies_and_can_be_frozen(trained_allegro)
     assert {id(p) for p in groups[-1]["params"]} == {
         id(p) for p in moe_energy.experts["small"].parameters()
     }
+    # a packaged expert's classes are not the installed ones: still one force output (the
+    # MoE's) and the Allegro expert still counts as strictly local
+    assert sum(type(m).__name__ == "ForceStressOutput" for m in moe.modules()) == 1
+    assert moe.metadata["moe_expert_halo_hops"].split() == ["0", "0"]
 
 
 def test_pretrained_expert_errors(trained_allegro, tmp_path):
@@ -103,3 +126,95 @@ def test_pretrained_expert_errors(trained_allegro, tmp_path):
     moe, _ = moe_with_pretrained_big(trained_allegro)
     with pytest.raises(ValueError, match=r"expert_lr names \['huge'\]"):
         expert_param_groups(moe, {"huge": 0.1})
+
+
+def test_staged_recipe_composes_to_a_pretrained_expert(trained_allegro):
+    """configs/pt_co_staged.yaml (the recipe of pt_co_cotrain.yaml's header) composes to an
+    expert node that is exactly the `PretrainedExpert` (none of the big expert's Allegro keys
+    merged into it), frozen, and instantiates to the trained model."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        config = compose("pt_co_staged", overrides=[f"big_model={trained_allegro}"])
+    model = config.training_module.model
+    big = OmegaConf.to_container(model.experts.big, resolve=True)
+    assert big == {"_target_": "nequip_moe.model.PretrainedExpert", "path": str(trained_allegro)}
+    assert list(model.frozen_experts) == ["big"]
+    assert OmegaConf.to_container(model.experts, resolve=False)["small"] == "${small_expert}"
+    expert = instantiate(big)
+    reference, _ = load_model(trained_allegro)
+    data = element_graph(pt_co_slab(), 4.5)
+    torch.testing.assert_close(
+        expert(dict(data))["total_energy"], reference(dict(data))["total_energy"], atol=1e-10, rtol=0
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, pt_co_frames_file):
+    """The tiny frames as the train/val/test files the Pt + CO configs read."""
+    path = tmp_path_factory.mktemp("staged_data")
+    for split in ("train", "val", "test"):
+        shutil.copy(pt_co_frames_file, path / f"{split}.xyz")
+    return path
+
+
+def train_staged(run_dir, big_model, data_dir):
+    """One epoch of `configs/pt_co_staged.yaml` with `big_model` as the frozen big expert."""
+    run_dir.mkdir()
+    run_tool(
+        [
+            "nequip-train", "-cp", CONFIGS, "-cn", "pt_co_staged",
+            f"big_model={big_model}", f"data_dir={data_dir}", "max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=run_dir,
+    )
+    return run_dir / "last.ckpt"
+
+
+def predictions(model, atoms, labels):
+    out = model(typed_graph(atoms, TWO_ALLEGRO_TINY, labels, r_max=5.0))
+    return {key: out[key].detach() for key in ("total_energy", "atomic_energy", "forces")}
+
+
+@pytest.mark.parametrize("expert_source", ["package", "checkpoint"])
+def test_staged_route_package_compile_same_numbers(
+    expert_source, trained_allegro, allegro_package, data_dir, tmp_path
+):
+    """Expert (package or checkpoint) -> MoE trained with it frozen -> `nequip-package build`
+    -> (for the packaged expert) `nequip-compile --target ase`: every form predicts the same,
+    and the frozen expert's atoms keep the pretrained model's energies."""
+    big_model = allegro_package if expert_source == "package" else trained_allegro
+    ckpt = train_staged(tmp_path / "run", big_model, data_dir)
+    package = tmp_path / "moe.nequip.zip"
+    run_tool(["nequip-package", "build", ckpt, package], cwd=tmp_path)
+
+    atoms = pt_co_slab()
+    labels = half_labels(atoms)
+    eager, metadata = load_model(ckpt)
+    assert metadata["moe_expert_halo_hops"].split() == ["0", "0"]
+    expected = predictions(eager, atoms, labels)
+    forms = {"package": package}
+    if expert_source == "package":  # one AOTInductor compile for the whole route
+        compiled = tmp_path / "moe.nequip.pt2"
+        run_tool(
+            [
+                "nequip-compile", package, compiled, "--mode", "aotinductor",
+                "--device", "cpu", "--target", "ase",
+            ],
+            cwd=tmp_path,
+        )
+        forms["compiled"] = compiled
+    for form, path in forms.items():
+        model, _ = load_model(path)
+        got = predictions(model, atoms, labels)
+        for key, value in expected.items():
+            torch.testing.assert_close(
+                got[key], value, atol=1e-8, rtol=0, msg=lambda m: f"{form} {key}: {m}"
+            )
+
+    # frozen through training: the big expert's atoms have the pretrained model's energies
+    reference, _ = load_model(big_model)
+    ref = reference(element_graph(atoms, 4.5))["atomic_energy"].view(-1)
+    big = torch.as_tensor(labels) == 0
+    torch.testing.assert_close(
+        expected["atomic_energy"].view(-1)[big], ref[big].detach(), atol=1e-10, rtol=0
+    )

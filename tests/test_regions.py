@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import add_adsorbate, bulk, fcc111, molecule
+from ase.build import add_adsorbate, bulk, fcc111, fcc211, molecule
+from ase.cluster import Octahedron
+from ase.geometry import get_distances
+from ase.neighborlist import neighbor_list
 
 from nequip_moe.data.regions import (
     Box,
@@ -15,6 +18,8 @@ from nequip_moe.data.regions import (
     assign_experts,
     coordination_numbers,
     expert_summary,
+    pt_co_coordination,
+    read_rules_file,
     rule_from_dict,
 )
 
@@ -216,3 +221,118 @@ def test_expert_summary():
     assert summary == [("big", 1, 0.25), ("small", 3, 0.75)]
     with pytest.raises(ValueError, match=r"labels \[2\] are out of range"):
         expert_summary(np.array([0, 2]), EXPERTS)
+
+
+def preset_labels(atoms, buffer_shells):
+    rules, settings = pt_co_coordination("big", "small", buffer_shells=buffer_shells)
+    return assign_experts(atoms, rules, EXPERTS, **settings)
+
+
+def grown_by_one_shell(atoms, core):
+    """``core`` plus its neighbours within SHELL_CUTOFF, with ASE's own neighbour list."""
+    i, j = neighbor_list("ij", atoms, SHELL_CUTOFF)
+    grown = core.copy()
+    grown[i[core[j]]] = True
+    return grown
+
+
+def test_preset_on_cuboctahedron_with_co():
+    # 55-atom Pt cuboctahedron: 12 vertices (CN 5), 24 edge atoms (CN 7), 6 (100) centres
+    # (CN 8) and a 13-atom core (CN 12); CO ontop of a vertex, C 1.85 A above it
+    particle = Octahedron("Pt", length=5, cutoff=2, latticeconstant=PT_A)
+    particle.center()
+    cn = coordination_numbers(particle, SHELL_CUTOFF)
+    assert np.bincount(cn).tolist() == [0] * 5 + [12, 0, 24, 6, 0, 0, 0, 13]
+    vertex = int(np.argmax(particle.positions[:, 2]))
+    direction = particle.positions[vertex] - particle.positions.mean(axis=0)
+    direction /= np.linalg.norm(direction)
+    particle += Atoms("CO", positions=particle.positions[vertex] + np.outer([1.85, 1.85 + 1.15], direction))
+    labels = preset_labels(particle, buffer_shells=0)
+    big = labels == EXPERTS.index("big")
+    # every facet counts (the top-most and bottom-most Pt too), the core stays small
+    assert big.sum() == 42 + 2
+    assert big[np.argmin(particle.positions[:, 2])]
+    np.testing.assert_array_equal(big[:55], cn < 12)
+    # one buffer shell reaches every atom but the centre (whose neighbours are all bulk-like)
+    centre = int(np.argmin(np.linalg.norm(particle.positions[:55] - particle.positions[:55].mean(axis=0), axis=1)))
+    small = preset_labels(particle, buffer_shells=1) == EXPERTS.index("small")
+    assert np.flatnonzero(small).tolist() == [centre]
+
+
+def test_preset_on_pt211_step_with_co():
+    # Pt(211): step-edge atoms CN 7, terrace CN 9, step-corner CN 10 (top and bottom side)
+    step = fcc211("Pt", (3, 3, 4), a=PT_A, vacuum=8.0)
+    step.pbc = True
+    z = step.positions[:, 2]
+    cn = coordination_numbers(step, SHELL_CUTOFF)
+    assert sorted(cn[z > z.max() - 2.0].tolist()) == [7] * 3 + [9] * 3 + [10] * 3
+    edge = int(np.argmax(z))
+    add_adsorbate(step, molecule("CO"), 1.85, position=step.positions[edge, :2], mol_index=1)
+    z = step.positions[:, 2]
+    big = preset_labels(step, buffer_shells=0) == 0
+    core = np.zeros(len(step), dtype=bool)
+    core[:36] = cn < 12
+    core[36:] = True
+    np.testing.assert_array_equal(big, core)
+    # the step-corner atoms lie 1.6 A below the edge, below the top terrace atoms: selected by
+    # coordination, while fully coordinated atoms at nearly the same height are not
+    pt_z, pt_big = z[:36], big[:36]
+    corner = (cn == 10) & (pt_z > pt_z.mean())
+    bulk_like = cn == 12
+    assert pt_big[corner].all() and not pt_big[bulk_like].any()
+    assert pt_z[corner].min() - pt_z[bulk_like].max() < 1.0
+    np.testing.assert_array_equal(
+        preset_labels(step, buffer_shells=1) == 0, grown_by_one_shell(step, core)
+    )
+
+
+@pytest.mark.parametrize("buffer_shells, expected", [(0, 12), (1, 12 + 6 + 24 + 12)])
+def test_preset_on_bulk_with_vacancy(buffer_shells, expected):
+    # the vacancy's 12 nearest neighbours are under-coordinated; one buffer shell adds every
+    # site two nearest-neighbour hops from the vacancy: fcc shells 2-4 (6, 24, 12 sites)
+    pt = bulk("Pt", "fcc", a=PT_A, cubic=True).repeat((3, 3, 3))
+    del pt[0]
+    big = preset_labels(pt, buffer_shells) == 0
+    assert big.sum() == expected
+    if buffer_shells == 0:
+        _, from_vacancy = get_distances([0.0, 0.0, 0.0], pt.positions, cell=pt.cell, pbc=True)
+        np.testing.assert_array_equal(big, np.isclose(from_vacancy[0], PT_A / np.sqrt(2)))
+    assert (preset_labels(bulk("Pt", "fcc", a=PT_A, cubic=True).repeat(3), 1) == 1).all()
+
+
+def test_rules_file_with_preset(tmp_path):
+    step = fcc211("Pt", (3, 3, 4), a=PT_A, vacuum=8.0)
+    step.pbc = True
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "preset: {name: pt_co_coordination, expert: big, default_expert: small}\n"
+        "buffer_shells: 0\n"
+        "rules:\n  - {kind: indices, expert: big, indices: [20]}\n"
+    )
+    rules, settings = read_rules_file(path)
+    assert settings == {"default_expert": "small", "buffer_shells": 0, "shell_cutoff": 3.3}
+    with pytest.warns(UserWarning, match=r"Near\(expert='big', species=\['C', 'O'\].* selects no atom"):
+        labels = assign_experts(step, rules, EXPERTS, **settings)
+    expected = coordination_numbers(step, SHELL_CUTOFF) < 12
+    expected[20] = True
+    np.testing.assert_array_equal(labels == 0, expected)
+    path.write_text("- {kind: indices, expert: big, indices: [0]}\n")
+    assert read_rules_file(path)[1] == {}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("rules: [\n", "not valid YAML"),
+        ("default_expert: small\n", "a `rules` list and/or a `preset`"),
+        ("rules: []\nbuffer: 1\n", r"unknown keys \['buffer'\]"),
+        ("preset: pt_co_coordination\n", "preset must be a mapping with `name`"),
+        ("preset: {name: pt_co, expert: big}\n", r"one of \['pt_co_coordination'\]"),
+        ("preset: {name: pt_co_coordination, expert: big}\n", "default_expert"),
+    ],
+)
+def test_bad_rules_files(tmp_path, text, message):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_rules_file(path)

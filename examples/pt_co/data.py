@@ -1,9 +1,9 @@
 """Stage 1 of the Pt + CO example: labelled reference frames with per-atom expert labels.
 
-Builds bulk fcc Pt (equation of state, strained and rattled cells), Pt(111) slabs with CO at
-several coverages and sites, CO desorption, gas-phase CO and short Langevin MD snapshots;
-labels them with energy, forces and stress from an offline calculator (``emt`` or
-``sevenn``); gives every atom an expert label (0 = big, 1 = small) from region rules; and
+Builds (with ``structures.py``) bulk fcc Pt (equation of state, strained and rattled cells),
+Pt(111) slabs with CO at several coverages and sites, CO desorption, gas-phase CO and short
+Langevin MD snapshots; labels them with energy, forces and stress from an offline calculator
+(``emt`` or ``sevenn``); gives every atom an expert label (0 = big, 1 = small) from region rules; and
 writes ``train.xyz``, ``val.xyz``, ``test.xyz`` and a held-out bulk equation-of-state set
 ``eos.xyz``. Run alone with::
 
@@ -13,35 +13,38 @@ writes ``train.xyz``, ``val.xyz``, ``test.xyz`` and a held-out bulk equation-of-
 import argparse
 import dataclasses
 import json
-import math
 import pathlib
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List
 
 import numpy as np
-from ase import Atoms, units
-from ase.build import add_adsorbate, bulk, fcc111
-from ase.calculators.singlepoint import SinglePointCalculator
+from ase import Atoms
 from ase.io import read, write
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import thermalize_momenta
 
 from nequip_moe.data.regions import Depth, Near, assign_experts
+from structures import (
+    attach_labels,
+    bulk_eos,
+    bulk_eos_heldout,
+    bulk_strained,
+    clean_slabs,
+    desorption,
+    gas_co,
+    large_slabs_with_co,
+    md_snapshots,
+    quarter_monolayer,
+    slabs_with_co,
+)
 
 
-PT_A0 = 3.92  # EMT lattice constant of Pt (A); SevenNet PBE gives 3.98
-CO_BOND = 1.15
-ADSORPTION_HEIGHT = {"ontop": 1.85, "bridge": 1.55, "fcc": 1.35, "hcp": 1.35}
-SITES = tuple(ADSORPTION_HEIGHT)
 ELEMENTS = ("C", "O", "Pt")
 SPLITS = ("train", "val", "test")
 BULK_KINDS = ("bulk", "eos")  # frame kinds (prefixes) without a surface
-EOS_SCALES = np.linspace(0.95, 1.05, 9)  # held-out grid, offset from the training grid
 
 
 @dataclasses.dataclass
 class FrameCounts:
-    """Number of frames of each kind (the recipe of ``shared/data.md``, trimmed).
+    """Number of frames of each kind (a small recipe covering bulk, surfaces, CO and MD).
 
     Args:
         bulk_eos: 2x2x2 conventional fcc cells at a = a0 x [0.94 .. 1.06]
@@ -77,137 +80,6 @@ class FrameCounts:
     @property
     def total(self) -> int:
         return sum(dataclasses.asdict(self).values())
-
-
-# ---------------------------------------------------------------- structures
-
-
-def _with_kind(atoms: Atoms, kind: str) -> Atoms:
-    atoms.info = {"kind": kind}
-    atoms.pbc = True
-    return atoms
-
-
-def _rattle(atoms: Atoms, rng: np.random.Generator, pt: float, co: float = 0.02) -> Atoms:
-    """Random displacements: normal with std ``pt`` for Pt, at most ``co`` A for C and O."""
-    disp = rng.normal(0.0, pt, (len(atoms), 3))
-    is_co = atoms.numbers != 78
-    directions = rng.normal(size=(int(is_co.sum()), 3))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    disp[is_co] = directions * rng.uniform(0.0, co, (len(directions), 1))
-    atoms.positions += disp
-    return atoms
-
-
-def _pt_bulk(a: float, repeat: int = 2) -> Atoms:
-    return bulk("Pt", "fcc", a=a, cubic=True).repeat(repeat)
-
-
-def bulk_eos(n: int, rng: np.random.Generator) -> List[Atoms]:
-    """Unrattled 32-atom fcc Pt cells on an even grid of lattice constants."""
-    return [_with_kind(_pt_bulk(PT_A0 * s), "bulk_eos") for s in np.linspace(0.94, 1.06, n)]
-
-
-def bulk_eos_heldout(scales: Sequence[float] = EOS_SCALES) -> List[Atoms]:
-    """The held-out equation-of-state set (never trained on)."""
-    return [_with_kind(_pt_bulk(PT_A0 * s), "eos_heldout") for s in scales]
-
-
-def bulk_strained(n: int, rng: np.random.Generator) -> List[Atoms]:
-    """32- or 108-atom cells, symmetric strain <= 3 %, rattle 0.02-0.1 A."""
-    frames = []
-    for i in range(n):
-        atoms = _pt_bulk(PT_A0, repeat=3 if i % 5 == 4 else 2)
-        strain = rng.uniform(-0.03, 0.03, (3, 3))
-        strain = 0.5 * (strain + strain.T)
-        atoms.set_cell(atoms.cell @ (np.eye(3) + strain), scale_atoms=True)
-        frames.append(_with_kind(_rattle(atoms, rng, rng.uniform(0.02, 0.1)), "bulk_strained"))
-    return frames
-
-
-def _slab(size) -> Atoms:
-    """Pt(111) slab; keeps ase's adsorption-site table until ``_with_kind`` clears it."""
-    return fcc111("Pt", size, a=PT_A0, vacuum=8.0)
-
-
-def _add_co(slab: Atoms, site: str, offset, rng: np.random.Generator, height=None) -> None:
-    """Add CO (C down) at ``site`` of surface cell ``offset``, tilted by up to 15 degrees.
-
-    Heights are above the top Pt layer (ase remembers its index in the site table).
-    """
-    tilt = math.radians(rng.uniform(0.0, 15.0))
-    phi = rng.uniform(0.0, 2.0 * math.pi)
-    o_pos = CO_BOND * np.array(
-        [math.sin(tilt) * math.cos(phi), math.sin(tilt) * math.sin(phi), math.cos(tilt)]
-    )
-    co = Atoms("CO", positions=[(0.0, 0.0, 0.0), o_pos])
-    height = ADSORPTION_HEIGHT[site] if height is None else height
-    add_adsorbate(slab, co, height, site, offset=offset)
-
-
-def _covered_slab(size, num_co: int, rng: np.random.Generator, kind: str) -> Atoms:
-    """Slab with ``num_co`` CO on one kind of site in distinct surface cells."""
-    slab = _slab(size)
-    site = SITES[rng.integers(len(SITES))]
-    cells = [(i, j) for i in range(size[0]) for j in range(size[1])]
-    for k in rng.choice(len(cells), num_co, replace=False):
-        _add_co(slab, site, cells[k], rng)
-    return _with_kind(_rattle(slab, rng, 0.05), kind)
-
-
-def clean_slabs(n: int, rng: np.random.Generator) -> List[Atoms]:
-    return [_with_kind(_rattle(_slab((3, 3, 4)), rng, 0.05), "clean_slab") for _ in range(n)]
-
-
-def slabs_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
-    return [_covered_slab((3, 3, 4), 1 + i % 4, rng, "slab_co") for i in range(n)]
-
-
-def quarter_monolayer(n: int, rng: np.random.Generator) -> List[Atoms]:
-    frames = []
-    for i in range(n):
-        slab = _slab((2, 2, 4))
-        _add_co(slab, SITES[i % len(SITES)], (0, 0), rng)
-        frames.append(_with_kind(_rattle(slab, rng, 0.05), "quarter_ml"))
-    return frames
-
-
-def large_slabs_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
-    return [_covered_slab((4, 4, 4), 4 + 2 * (i % 3), rng, "large_slab_co") for i in range(n)]
-
-
-def desorption(n: int, rng: np.random.Generator) -> List[Atoms]:
-    frames = []
-    for height in np.linspace(1.6, 6.0, n):
-        slab = _slab((3, 3, 4))
-        _add_co(slab, "ontop", (1, 1), rng, height=height)
-        frames.append(_with_kind(_rattle(slab, rng, 0.05), "desorption"))
-    return frames
-
-
-def gas_co(n: int, rng: np.random.Generator) -> List[Atoms]:
-    frames = []
-    for bond in np.linspace(1.03, 1.35, n):
-        co = Atoms("CO", positions=[(6.0, 6.0, 6.0), (6.0, 6.0, 6.0 + bond)], cell=[12.0] * 3)
-        frames.append(_with_kind(co, "gas_co"))
-    return frames
-
-
-def md_snapshots(
-    n: int, rng: np.random.Generator, calc, steps_between: int = 10
-) -> List[Atoms]:
-    """Snapshots of a 3x3x4 slab with 2 CO, Langevin at 600 K (2 fs) with the labeller."""
-    atoms = _covered_slab((3, 3, 4), 2, rng, "md")
-    atoms.calc = calc
-    thermalize_momenta(atoms, temperature_K=600.0, rng=rng)
-    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=600.0, friction=0.02, fixcm=False, rng=rng)
-    frames = []
-    for _ in range(n):
-        dyn.run(steps_between)
-        snapshot = atoms.copy()
-        snapshot.info = {"kind": "md"}
-        frames.append(snapshot)
-    return frames
 
 
 # ---------------------------------------------------------------- expert labels
@@ -267,22 +139,6 @@ def make_labeller(name: str):
             ) from e
         return SevenNetCalculator("7net-mf-0", modal="PBE", device="cpu")
     raise ValueError(f"unknown labeller `{name}`: use `emt` or `sevenn`")
-
-
-def attach_labels(frames: List[Atoms], calc) -> List[Atoms]:
-    """Energy, forces and stress from ``calc`` stored as single-point results."""
-    labelled = []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.calc = calc
-        results = dict(
-            energy=atoms.get_potential_energy(),
-            forces=atoms.get_forces(),
-            stress=atoms.get_stress(),
-        )
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        labelled.append(atoms)
-    return labelled
 
 
 # ---------------------------------------------------------------- dataset
@@ -385,8 +241,8 @@ def read_user_frames(path, rules_file=None) -> List[Atoms]:
         path: extxyz file
         rules_file: optional YAML file of region rules
     """
-    from nequip_moe.data.regions import check_expert_labels
-    from nequip_moe.scripts.assign import _read_rules_file
+    from nequip_moe._composite import expert_label_array
+    from nequip_moe.data.regions import read_rules_file
 
     path = pathlib.Path(path)
     if not path.is_file():
@@ -399,7 +255,7 @@ def read_user_frames(path, rules_file=None) -> List[Atoms]:
         raise ValueError(f"`{path}` has {len(frames)} frames: at least 3 are needed (train, "
                          "validation and test)")
     if rules_file is not None:
-        rules, settings = _read_rules_file(rules_file)
+        rules, settings = read_rules_file(rules_file)
         settings.setdefault("default_expert", EXPERT_NAMES[-1])
     for index, atoms in enumerate(frames):
         where = f"`{path}` frame {index}"
@@ -424,7 +280,7 @@ def read_user_frames(path, rules_file=None) -> List[Atoms]:
                 f"{where} has no per-atom `expert` array and no region rules were given: "
                 "add the array (0 = big, 1 = small) or pass a rules file"
             )
-        atoms.arrays["expert"] = check_expert_labels(
+        atoms.arrays["expert"] = expert_label_array(
             atoms.arrays["expert"], len(atoms), EXPERT_NAMES
         )
         atoms.arrays.setdefault("shared", np.zeros(len(atoms), dtype=np.int64))

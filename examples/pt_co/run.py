@@ -28,7 +28,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import data
-from report import SUMMARY_HEADER, ReportModel, make_report, summary_rows
+from measures import ReportModel
+from render import SUMMARY_HEADER, summary_rows
+from report import make_report
 
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parent
 CONFIG_DIR = EXAMPLE_DIR.parents[1] / "configs"
@@ -84,7 +86,7 @@ MODELS = (
     Model("moe_cotrain", "pt_co_cotrain", "MoE co-trained"),
 )
 
-# the models nequip_moe.benchmark times: the MoE and its two experts alone
+# the models nequip_moe.benchmarking times: the MoE and its two experts alone
 SPEED_MODELS = ("moe", "big", "small")
 
 

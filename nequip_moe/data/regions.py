@@ -10,6 +10,14 @@ Rules are the dataclasses below, or plain mappings (e.g. from YAML) with a ``kin
     - {kind: near, expert: big, species: [C, O], cutoff: 4.0}
     - {kind: depth, expert: big, depth: 2.5, species: [Pt]}
 
+A rules file (YAML, read by ``read_rules_file``) is a list of rules, or a mapping with a
+``rules`` list, an optional ``preset`` and the settings of ``assign_experts``::
+
+    preset: {name: pt_co_coordination, expert: big, default_expert: small}
+    buffer_shells: 1
+    rules:
+      - {kind: sphere, expert: big, center: [0, 0, 20], radius: 6.0}
+
 Positions and distances are Cartesian, in Å; distances between atoms and to a sphere's centre
 use the minimum image along periodic cell directions.
 """
@@ -17,13 +25,16 @@ use the minimum image along periodic cell directions.
 import abc
 import dataclasses
 import warnings
-from typing import ClassVar, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import yaml
 from ase import Atoms
 from ase.data import atomic_numbers
 from ase.geometry import complete_cell, find_mic
 from matscipy.neighbours import neighbour_list
+
+from nequip_moe._composite import expert_label_array
 
 _AXES = {"x": 0, "y": 1, "z": 2}
 _SURFACES = ("top", "bottom", "both")
@@ -247,18 +258,33 @@ class Coordination(Rule):
         expert: expert of the selected atoms
         cutoff: neighbour distance (Å), between the first and second shell (e.g. 3.3 for Pt)
         below: bulk coordination (e.g. 12 for fcc); atoms with fewer neighbours are selected
+        species: only atoms of these elements can be selected (default: all atoms)
+        neighbours: count only neighbours of these elements, e.g. ``[Pt]`` so that adsorbates
+            do not make a surface atom look bulk-like (default: all neighbours)
     """
 
     expert: str
     cutoff: float
     below: int = 12
+    species: Optional[Sequence[str]] = None
+    neighbours: Optional[Sequence[str]] = None
     kind: ClassVar[str] = "coordination"
 
     def __post_init__(self):
         _check_positive("cutoff", self.cutoff)
+        if self.species is not None:
+            self.species = _check_species(self.species)
+        if self.neighbours is not None:
+            self.neighbours = _check_species(self.neighbours)
 
     def select(self, atoms: Atoms) -> np.ndarray:
-        return coordination_numbers(atoms, self.cutoff) < self.below
+        if self.neighbours is None:
+            coordination = coordination_numbers(atoms, self.cutoff)
+        else:
+            i, j = _neighbour_pairs(atoms, self.cutoff)
+            counted = _species_mask(atoms, self.neighbours)[j]
+            coordination = np.bincount(i[counted], minlength=len(atoms))
+        return (coordination < self.below) & _species_mask(atoms, self.species)
 
 
 @dataclasses.dataclass
@@ -322,32 +348,126 @@ def rule_from_dict(config: Mapping) -> Rule:
         raise ValueError(f"region rule `{kind}` {config}: {e}") from None
 
 
-def check_expert_labels(expert, num_atoms: int, expert_names: Sequence[str]) -> np.ndarray:
-    """Validate per-atom expert labels; returns them as an int64 array.
+def pt_co_coordination(
+    expert: str,
+    default_expert: str,
+    host: str = "Pt",
+    adsorbates: Sequence[str] = ("C", "O"),
+    coordination_cutoff: float = 3.3,
+    bulk_coordination: int = 12,
+    bond_cutoff: float = 2.5,
+    buffer_shells: int = 1,
+) -> Tuple[List[Rule], Dict[str, Any]]:
+    """Region rules for adsorbates on a metal, for any shape: slabs, steps, nanoparticles, defects.
+
+    The *core* gets ``expert``: adsorbate atoms, host atoms bonded to them (within
+    ``bond_cutoff``) and under-coordinated host atoms (fewer than ``bulk_coordination`` host
+    neighbours within ``coordination_cutoff``: surfaces, steps, edges, vertices, vacancy
+    neighbours), found by coordination rather than by height, so every facet counts. The
+    core grows by ``buffer_shells`` neighbour shells; every other atom gets
+    ``default_expert``. Preset ``pt_co_coordination`` of rules files.
 
     Args:
-        expert: one integer label per atom (shape ``[num_atoms]`` or ``[num_atoms, 1]``, as nequip writes per-atom fields); label ``k`` means ``expert_names[k]``
-        num_atoms: number of atoms
-        expert_names: experts in label order
+        expert: expert of the core and its buffer (the high-fidelity expert)
+        default_expert: expert of all other atoms
+        host: host element (default ``Pt``)
+        adsorbates: adsorbate elements (default ``C``, ``O``)
+        coordination_cutoff: host-host neighbour distance (Å), between the first and second
+            shell (default ``3.3``, for Pt: 2.77 and 3.92 Å)
+        bulk_coordination: host neighbours of a bulk host atom (default ``12``, fcc)
+        bond_cutoff: host-adsorbate bond distance (Å) (default ``2.5``; Pt-C 1.85-2.1 Å)
+        buffer_shells: neighbour shells of buffer around the core (default ``1``)
+
+    Returns:
+        the rules and the ``assign_experts`` settings (``default_expert``, ``buffer_shells``,
+        ``shell_cutoff``)
     """
-    labels = np.asarray(expert)
-    if labels.shape == (num_atoms, 1):
-        labels = labels.reshape(num_atoms)
-    if labels.shape != (num_atoms,) or not (
-        labels.size == 0 or np.issubdtype(labels.dtype, np.integer)
+    rules = [
+        Coordination(
+            expert=expert,
+            cutoff=coordination_cutoff,
+            below=bulk_coordination,
+            species=[host],
+            neighbours=[host],
+        ),
+        Near(expert=expert, species=list(adsorbates), cutoff=bond_cutoff),
+    ]
+    settings = {
+        "default_expert": default_expert,
+        "buffer_shells": buffer_shells,
+        "shell_cutoff": coordination_cutoff,
+    }
+    return rules, settings
+
+
+PRESETS = {"pt_co_coordination": pt_co_coordination}
+RULES_FILE_SETTINGS = ("default_expert", "buffer_shells", "shell_cutoff")
+
+
+def read_rules_file(path) -> Tuple[List[Rule], Dict[str, Any]]:
+    """Rules and ``assign_experts`` settings of a YAML rules file.
+
+    The file holds a list of rules, or a mapping with an optional ``preset`` (a mapping with
+    ``name``, one of ``PRESETS``, and that preset's arguments), an optional ``rules`` list
+    (applied after the preset's rules) and optional settings ``default_expert``,
+    ``buffer_shells``, ``shell_cutoff`` (which override the preset's).
+
+    Args:
+        path: the YAML file
+
+    Returns:
+        the rules and a dict of the settings the file (or its preset) gives
+    """
+    with open(path) as f:
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"rules file `{path}` is not valid YAML: {e}") from e
+    if isinstance(config, list):
+        return [rule_from_dict(rule) for rule in config], {}
+    if (
+        not isinstance(config, dict)
+        or not isinstance(config.get("rules", []), list)
+        or not ("rules" in config or "preset" in config)
     ):
         raise ValueError(
-            f"expert labels must be {num_atoms} integers (one per atom), "
-            f"got shape {labels.shape} of {labels.dtype}"
+            f"rules file `{path}` must hold a list of rules or a mapping with a `rules` list "
+            "and/or a `preset`"
         )
-    labels = labels.astype(np.int64)
-    bad = labels[(labels < 0) | (labels >= len(expert_names))]
-    if len(bad):
+    unknown = sorted(set(config) - {"rules", "preset", *RULES_FILE_SETTINGS})
+    if unknown:
         raise ValueError(
-            f"expert labels {sorted(set(bad.tolist()))} are out of range: labels must be "
-            f"0..{len(expert_names) - 1} for experts {list(expert_names)}"
+            f"rules file `{path}`: unknown keys {unknown}; allowed: rules, preset, "
+            + ", ".join(RULES_FILE_SETTINGS)
         )
-    return labels
+    rules, settings = [], {}
+    if "preset" in config:
+        try:
+            rules, settings = preset_rules(config["preset"])
+        except ValueError as e:
+            raise ValueError(f"rules file `{path}`: {e}") from None
+    rules = rules + [rule_from_dict(rule) for rule in config.get("rules", [])]
+    settings.update({k: config[k] for k in RULES_FILE_SETTINGS if k in config})
+    return rules, settings
+
+
+def preset_rules(preset: Mapping) -> Tuple[List[Rule], Dict[str, Any]]:
+    """Rules and settings of a named preset.
+
+    Args:
+        preset: mapping with ``name`` (one of ``PRESETS``) and the preset's arguments, e.g.
+            ``{"name": "pt_co_coordination", "expert": "big", "default_expert": "small"}``
+    """
+    if not isinstance(preset, Mapping) or preset.get("name") not in PRESETS:
+        raise ValueError(
+            f"preset must be a mapping with `name`, one of {list(PRESETS)}, and the preset's "
+            f"arguments; got {preset!r}"
+        )
+    options = {k: v for k, v in preset.items() if k != "name"}
+    try:
+        return PRESETS[preset["name"]](**options)
+    except TypeError as e:
+        raise ValueError(f"preset `{preset['name']}` {options}: {e}") from None
 
 
 def assign_experts(
@@ -409,7 +529,7 @@ def expert_summary(expert, expert_names: Sequence[str]) -> List[Tuple[str, int, 
         expert: per-atom expert labels
         expert_names: experts in label order
     """
-    labels = check_expert_labels(expert, len(expert), expert_names)
+    labels = expert_label_array(expert, len(expert), expert_names)
     counts = np.bincount(labels, minlength=len(expert_names))
     total = max(len(labels), 1)
     return [(name, int(n), float(n) / total) for name, n in zip(expert_names, counts)]

@@ -17,13 +17,14 @@ class CompositeTypeMapper(torch.nn.Module):
     Use it in MoE configs in place of ``ChemicalSpeciesToAtomTypeMapper``. The per-atom expert
     label is the integer field ``expert`` (an extxyz per-atom array read with
     ``include_keys: [expert]``); label ``k`` means ``experts[k]``. Frames without labels get
-    ``default_expert`` for every atom.
+    ``default_expert`` for every atom. The lookup and its errors are the composite-type
+    table's (``CompositeTypeTable.type_index``).
 
     Args:
         type_names (Sequence[str]): the model's composite type names
         composite_types (Dict[str, Dict[str, str]]): composite type -> ``{element, expert}``, as in the model config
         experts (Sequence[str]): expert names in label order, as the keys of the model's ``experts``
-        default_expert (str or int): expert of atoms without a label (default: the first expert)
+        default_expert (str or int): expert (name or label) of atoms without a label (default: the table's ``default_expert``, the first expert)
     """
 
     def __init__(
@@ -35,64 +36,40 @@ class CompositeTypeMapper(torch.nn.Module):
     ):
         super().__init__()
         self.table = CompositeTypeTable.from_config(type_names, composite_types, experts)
-        num_experts = len(self.table.expert_names)
-        if default_expert is None:
-            default_expert = 0
-        elif isinstance(default_expert, str):
-            if default_expert not in self.table.expert_names:
-                raise ValueError(
-                    f"default_expert `{default_expert}` is not one of the experts "
-                    f"{self.table.expert_names}"
-                )
-            default_expert = self.table.expert_names.index(default_expert)
-        elif not 0 <= int(default_expert) < num_experts:
-            raise ValueError(
-                f"default_expert {default_expert} is out of range for {num_experts} experts"
-            )
-        self.default_expert = int(default_expert)
+        self.default_expert = self.table.expert_label(default_expert)
+        self.register_buffer("lookup_table", torch.as_tensor(self.table.type_lookup()))
 
-        # [atomic number, expert label] -> composite type index (-1: no such composite type)
-        lookup = torch.full(
-            (len(ase.data.chemical_symbols), num_experts), -1, dtype=torch.long
-        )
-        for idx, (element, expert) in enumerate(
-            zip(self.table.elements, self.table.experts)
-        ):
-            lookup[
-                ase.data.atomic_numbers[element], self.table.expert_names.index(expert)
-            ] = idx
-        self.register_buffer("lookup_table", lookup)
+    @classmethod
+    def from_table(
+        cls, table: CompositeTypeTable, default_expert: Optional[Union[str, int]] = None
+    ) -> "CompositeTypeMapper":
+        """The mapper of a model's composite-type table (e.g. read from its metadata)."""
+        return cls(table.type_names, table.to_config(), table.expert_names, default_expert)
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         if AtomicDataDict.ATOM_TYPE_KEY in data:
             raise RuntimeError(f"Data already contains {AtomicDataDict.ATOM_TYPE_KEY}")
         numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1)
         if EXPERT_KEY in data:
-            labels = data[EXPERT_KEY].view(-1).to(torch.long)
+            labels = data[EXPERT_KEY]
         else:
             labels = torch.full_like(numbers, self.default_expert)
-        num_experts = self.lookup_table.size(1)
-        bad = (labels < 0) | (labels >= num_experts)
-        if bad.any():
-            raise ValueError(
-                f"expert labels {sorted(set(labels[bad].tolist()))} are out of range: "
-                f"labels must be 0..{num_experts - 1} for experts {self.table.expert_names}"
-            )
-        if numbers.max() >= self.lookup_table.size(0):
-            raise ValueError(f"invalid atomic numbers {numbers.max().item()}")
-        atom_types = self.lookup_table[numbers, labels]
-        missing = atom_types < 0
-        if missing.any():
-            pairs = sorted(
-                {
-                    (ase.data.chemical_symbols[z], self.table.expert_names[k])
-                    for z, k in zip(numbers[missing].tolist(), labels[missing].tolist())
-                }
-            )
-            raise ValueError(
-                "no composite type for (species, expert) "
-                + ", ".join(f"({s}, {e})" for s, e in pairs)
-                + f"; the model's composite types are {self.table.describe()}"
+        num_elements, num_experts = self.lookup_table.shape
+        flat = labels.reshape(-1).to(torch.long)
+        valid = (
+            not labels.is_floating_point()
+            and flat.numel() == numbers.numel()
+            and bool(((flat >= 0) & (flat < num_experts)).all())
+            and bool(((numbers > 0) & (numbers < num_elements)).all())
+        )
+        if valid:
+            atom_types = self.lookup_table[numbers, flat]
+            valid = bool((atom_types >= 0).all())
+        if not valid:
+            # the table's lookup raises, naming the problem (labels, species, missing types)
+            atom_types = torch.as_tensor(
+                self.table.type_index(numbers.cpu().numpy(), labels.cpu().numpy()),
+                device=numbers.device,
             )
         data[AtomicDataDict.ATOM_TYPE_KEY] = atom_types
         return data

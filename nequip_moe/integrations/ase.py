@@ -3,7 +3,7 @@
 nequip's ``NequIPCalculator`` maps each chemical species to one model type, which cannot say
 which expert an atom belongs to. ``MoECalculator`` reuses it (loading, neighbour list, device
 handling, results) and only replaces the typing: every atom's composite type comes from its
-species and its expert label.
+species and its expert label (``CompositeTypeTable.type_index``).
 """
 
 import pathlib
@@ -16,18 +16,18 @@ from ase import Atoms
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
 from nequip.integrations.ase import NequIPCalculator
+from nequip.nn.compile import DictInputOutputWrapper
 from nequip.utils.aoti_metadata import NEQUIP_AOTI_OUTPUTS_KEY
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe._keys import EXPERT_KEY
-from nequip_moe.data.regions import check_expert_labels
-from nequip_moe.data.transforms import CompositeTypeMapper
 from nequip_moe.integrations.model_files import (
     _check_exists,
     compiled_input_fields,
     is_compiled,
     is_pair_allegro_target,
     read_metadata,
+    table_from_metadata,
 )
 
 # a per-atom expert-label rule: ``labels = rule(atoms)``, one integer label per atom
@@ -39,7 +39,8 @@ class MoECalculator(NequIPCalculator):
 
     Each atom's expert label ``k`` (meaning ``expert_names[k]`` of the model) comes from
     ``label_rule(atoms)`` if given, else from the per-atom array ``atoms.arrays["expert"]``,
-    else from ``default_expert``; with none of these the calculation is refused. The label
+    else every atom gets ``default_expert`` (the composite-type table's rule: the first
+    expert, label 0, unless another is named). The label
     rule is evaluated at every calculation: for dynamics with fixed regions store the labels
     in ``atoms.arrays["expert"]`` instead. Changing that array invalidates cached results.
 
@@ -51,9 +52,9 @@ class MoECalculator(NequIPCalculator):
     Args:
         model: a nequip-moe model in eval mode
         device (str/torch.device): device for model to evaluate on, e.g. ``cpu`` or ``cuda``
-        composite_table (CompositeTypeTable): the model's composite-type table (default: read from ``model.metadata``, which saved models carry; compiled models must pass it)
+        composite_table (CompositeTypeTable): the model's composite-type table (default: read from the model's metadata, which saved and compiled models carry)
         label_rule (Callable): optional ``labels = label_rule(atoms)`` giving one integer expert label per atom
-        default_expert (str or int): expert (name or label) of atoms without labels (default ``None``: labels are required)
+        default_expert (str or int): expert (name or label) of atoms without labels (default: ``composite_table.default_expert``, the first expert)
         transforms (List[Callable]): data transforms after typing, e.g. the neighbour list; a ``ChemicalSpeciesToAtomTypeMapper`` among them is replaced by the composite typing
         **kwargs: forwarded to ``NequIPCalculator`` (``energy_units_to_eV``, ``length_units_to_A``, ASE ``Calculator`` options)
     """
@@ -72,28 +73,15 @@ class MoECalculator(NequIPCalculator):
             device: device the file was compiled for
             **kwargs: ``label_rule``, ``default_expert``, neighbour-list options of ``NequIPCalculator.from_compiled_model`` and calculator options
         """
-        metadata = read_metadata(compile_path)
-        target = cls._get_aoti_compile_target()
-        inputs = compiled_input_fields(metadata)
-        outputs = metadata[NEQUIP_AOTI_OUTPUTS_KEY].split()
-        if inputs != list(target["input"]) or outputs != list(target["output"]):
-            compiled_for = (
-                "`--target pair_allegro` (LAMMPS)"
-                if is_pair_allegro_target(metadata)
-                else f"another target (inputs {inputs}, outputs {outputs})"
+        _check_exists(compile_path)
+        try:
+            return super().from_compiled_model(
+                compile_path, device=device, chemical_species_to_atom_type_map={}, **kwargs
             )
-            raise ValueError(
-                f"`{compile_path}` was compiled for {compiled_for}; the ASE calculator needs "
-                "`nequip-compile MODEL OUT.nequip.pt2 --mode aotinductor --device DEVICE "
-                "--target ase`"
-            )
-        return super().from_compiled_model(
-            compile_path,
-            device=device,
-            chemical_species_to_atom_type_map={},
-            composite_table=_table_from_metadata(f"`{compile_path}`", metadata),
-            **kwargs,
-        )
+        except ValueError:
+            # only on failure read the file a second time, to say if it has the wrong target
+            _check_ase_target(compile_path, read_metadata(compile_path))
+            raise
 
     @classmethod
     def from_saved_model(
@@ -110,6 +98,8 @@ class MoECalculator(NequIPCalculator):
             **kwargs: ``label_rule``, ``default_expert``, options of ``NequIPCalculator._from_saved_model`` (``allow_tf32``, ``model_name``, ``compile_mode``, neighbour-list options) and calculator options
         """
         _check_exists(model_path)
+        # nequip offers no public loader for calculators from checkpoints or packages: its docs
+        # point to `NequIPCalculator._from_saved_model`
         return cls._from_saved_model(
             model_path, device=device, chemical_species_to_atom_type_map={}, **kwargs
         )
@@ -137,28 +127,18 @@ class MoECalculator(NequIPCalculator):
         **kwargs,
     ):
         if composite_table is None:
-            if not hasattr(model, "metadata"):
-                raise ValueError(
-                    "this model carries no metadata (a compiled model?): pass its composite_table"
-                )
-            composite_table = _table_from_metadata("model", dict(model.metadata))
+            composite_table = table_from_metadata(_model_metadata(model), "model")
         self.composite_table = composite_table
         self.label_rule = label_rule
-        type_mapper = CompositeTypeMapper(
-            type_names=composite_table.type_names,
-            composite_types=_composite_types_config(composite_table),
-            experts=composite_table.expert_names,
-            default_expert=default_expert,
-        )
-        # the validated label of `default_expert` (None: atoms must carry labels)
-        self.default_expert = None if default_expert is None else type_mapper.default_expert
-        transforms = [type_mapper] + [
+        self.default_expert = composite_table.expert_label(default_expert)
+        # the composite typing replaces nequip's species typing (see `atoms_to_data`)
+        transforms = [
             t for t in transforms if not isinstance(t, ChemicalSpeciesToAtomTypeMapper)
         ]
         super().__init__(model=model, device=device, transforms=transforms, **kwargs)
 
-    def expert_labels(self, atoms: Atoms) -> Optional[np.ndarray]:
-        """Per-atom expert labels of ``atoms``; ``None`` where the default expert applies.
+    def expert_labels(self, atoms: Atoms) -> np.ndarray:
+        """Validated per-atom expert labels of ``atoms``.
 
         Args:
             atoms: the structure
@@ -167,41 +147,36 @@ class MoECalculator(NequIPCalculator):
             labels, source = self.label_rule(atoms), "label_rule(atoms)"
         elif EXPERT_KEY in atoms.arrays:
             labels, source = atoms.arrays[EXPERT_KEY], f'atoms.arrays["{EXPERT_KEY}"]'
-        elif self.default_expert is not None:
-            return None
         else:
-            raise ValueError(
-                f'the atoms have no expert labels (per-atom array "{EXPERT_KEY}") and the '
-                "calculator has neither a label_rule nor a default_expert; labels are "
-                + ", ".join(
-                    f"{k} = {name}" for k, name in enumerate(self.composite_table.expert_names)
-                )
-            )
+            labels = np.full(len(atoms), self.default_expert, dtype=np.int64)
+            source = f"default expert `{self.composite_table.expert_names[self.default_expert]}`"
         try:
-            return check_expert_labels(labels, len(atoms), self.composite_table.expert_names)
+            return self.composite_table.check_labels(atoms.numbers, labels)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from e
 
     def atoms_to_data(self, atoms: Atoms) -> AtomicDataDict.Type:
-        missing = sorted(
-            set(atoms.get_chemical_symbols()) - set(self.composite_table.element_names)
-        )
-        if missing:
-            raise ValueError(
-                f"the model has no element {', '.join(missing)}; its composite types are "
-                f"{self.composite_table.describe()}"
-            )
         data = from_ase(atoms)
-        labels = self.expert_labels(atoms)
-        if labels is not None:
-            data[EXPERT_KEY] = torch.as_tensor(labels, dtype=torch.long).view(-1, 1)
-        if self._move_to_device_before_transforms:
+        data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(
+            self.composite_table.type_index(atoms.numbers, self.expert_labels(atoms))
+        )
+        on_device = self._transforms_run_on_device()
+        if on_device:
             data = AtomicDataDict.to_(data, self.device)
         for t in self.transforms:
             data = t(data)
-        if not self._move_to_device_before_transforms:
+        if not on_device:
             data = AtomicDataDict.to_(data, self.device)
         return data
+
+    def _transforms_run_on_device(self) -> bool:
+        """Whether the transforms (neighbour list) run on the model's device.
+
+        ``NequIPCalculator.__init__`` makes this choice (CUDA neighbour lists) and keeps it only
+        in the private ``_move_to_device_before_transforms``; its ``atoms_to_data`` has no hook
+        to add the atom types before the transforms, so this is the one place that reads it.
+        """
+        return self._move_to_device_before_transforms
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15):
         """ASE's state check, plus changes of the per-atom ``expert`` array."""
@@ -213,16 +188,30 @@ class MoECalculator(NequIPCalculator):
         return changes
 
 
-def _table_from_metadata(source, metadata: Dict[str, str]) -> CompositeTypeTable:
-    try:
-        return CompositeTypeTable.from_metadata(metadata)
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from e
+def _model_metadata(model: torch.nn.Module) -> Dict[str, str]:
+    """String metadata of a saved model, or of a compiled one as nequip's loader wraps it."""
+    if hasattr(model, "metadata"):
+        return dict(model.metadata)
+    if isinstance(model, DictInputOutputWrapper):
+        return dict(model.model.get_metadata())
+    raise ValueError("this model carries no metadata: pass its composite_table")
 
 
-def _composite_types_config(table: CompositeTypeTable) -> Dict[str, Dict[str, str]]:
-    """The table as the ``composite_types`` mapping of a config."""
-    return {
-        name: {"element": element, "expert": expert}
-        for name, element, expert in zip(table.type_names, table.elements, table.experts)
-    }
+def _check_ase_target(compile_path, metadata: Dict[str, str]):
+    """Refuse, naming the fix, a compiled file whose inputs/outputs are not the ASE target's."""
+    # the compile target of nequip's ASE calculator (a classmethod hook of nequip's
+    # integrations, with no public name)
+    target = MoECalculator._get_aoti_compile_target()
+    inputs = compiled_input_fields(metadata)
+    outputs = metadata[NEQUIP_AOTI_OUTPUTS_KEY].split()
+    if inputs != list(target["input"]) or outputs != list(target["output"]):
+        compiled_for = (
+            "`--target pair_allegro` (LAMMPS)"
+            if is_pair_allegro_target(metadata)
+            else f"another target (inputs {inputs}, outputs {outputs})"
+        )
+        raise ValueError(
+            f"`{compile_path}` was compiled for {compiled_for}; the ASE calculator needs "
+            "`nequip-compile MODEL OUT.nequip.pt2 --mode aotinductor --device DEVICE "
+            "--target ase`"
+        )

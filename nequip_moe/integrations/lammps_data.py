@@ -1,16 +1,17 @@
 """LAMMPS data files whose atom types are an MoE model's composite types.
 
 ``pair_style allegro`` passes nothing but the atom type of each atom to the model, so an atom's
-expert travels as its composite type (design notes §3). The data files written here have one
+expert travels as its composite type. The data files written here have one
 LAMMPS type per composite type, in the model's type order, with the element's mass and the
 composite type name as type label, so that
 ``pair_coeff * * model.nequip.pt2 <type names>`` maps LAMMPS type ``t`` to model type ``t - 1``.
 Units are LAMMPS ``metal`` (Å), atom style ``atomic``.
 """
 
+import dataclasses
 import re
 import warnings
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import ase.io
 import numpy as np
@@ -20,61 +21,9 @@ from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe._keys import EXPERT_KEY
-from nequip_moe.data.regions import check_expert_labels
 
 # LAMMPS type labels: no leading digit, `#` or `*`, no whitespace
 _TYPE_LABEL = re.compile(r"^[^\d#*\s]\S*$")
-
-
-def composite_type_indices(atoms: Atoms, expert, table: CompositeTypeTable) -> np.ndarray:
-    """Model type index of every atom, from its element and expert label.
-
-    Args:
-        atoms: the structure
-        expert: per-atom expert labels; label ``k`` means ``table.expert_names[k]``
-        table: the model's composite-type table
-
-    Raises:
-        ValueError: naming every (species, expert) pair the model has no composite type for
-    """
-    labels = check_expert_labels(expert, len(atoms), table.expert_names)
-    num_experts = len(table.expert_names)
-    type_of_pair = {
-        (atomic_numbers[element], label): index
-        for index, (element, label) in enumerate(zip(table.elements, table.type_expert_index))
-    }
-    pairs, inverse, counts = np.unique(
-        atoms.numbers.astype(np.int64) * num_experts + labels,
-        return_inverse=True,
-        return_counts=True,
-    )
-    pair_types = np.array(
-        [type_of_pair.get(divmod(int(pair), num_experts), -1) for pair in pairs],
-        dtype=np.int64,
-    )
-    missing = [
-        f"{chemical_symbols[pair // num_experts]} with expert "
-        f"`{table.expert_names[pair % num_experts]}` ({count} atoms)"
-        for pair, count, t in zip(pairs.tolist(), counts.tolist(), pair_types)
-        if t < 0
-    ]
-    if missing:
-        raise ValueError(
-            "the model has no composite type for species "
-            + "; ".join(missing)
-            + f" (its composite types: {table.describe()})"
-        )
-    return pair_types[inverse.reshape(-1)]
-
-
-def pair_coeff_line(table: CompositeTypeTable, model_file: str) -> str:
-    """The ``pair_coeff`` command for data files written by ``write_lammps_data``.
-
-    Args:
-        table: the model's composite-type table
-        model_file: path of the compiled model as the LAMMPS input will name it
-    """
-    return f"pair_coeff * * {model_file} {' '.join(table.type_names)}"
 
 
 def write_lammps_data(path, atoms: Atoms, expert, table: CompositeTypeTable) -> None:
@@ -89,7 +38,7 @@ def write_lammps_data(path, atoms: Atoms, expert, table: CompositeTypeTable) -> 
         expert: per-atom expert labels; label ``k`` means ``table.expert_names[k]``
         table: the model's composite-type table
     """
-    types = composite_type_indices(atoms, expert, table) + 1
+    types = table.type_index(atoms.numbers, expert) + 1
     if atoms.cell.rank != 3:
         raise ValueError(
             "a LAMMPS data file needs a 3D cell; give the structure one "
@@ -137,23 +86,66 @@ def write_lammps_data(path, atoms: Atoms, expert, table: CompositeTypeTable) -> 
         f.write("\n".join(lines) + "\n")
 
 
-def _atom_type_labels(path) -> Dict[int, str]:
-    """The ``Atom Type Labels`` section of a data file (empty if it has none)."""
-    labels, in_section = {}, False
+# section names of LAMMPS data files (read_data); a section runs to the next one
+_SECTIONS = {
+    "Atoms", "Velocities", "Masses", "Ellipsoids", "Lines", "Triangles", "Bodies", "Bonds",
+    "Angles", "Dihedrals", "Impropers", "Pair Coeffs", "PairIJ Coeffs", "Bond Coeffs",
+    "Angle Coeffs", "Dihedral Coeffs", "Improper Coeffs", "BondBond Coeffs",
+    "BondAngle Coeffs", "MiddleBondTorsion Coeffs", "EndBondTorsion Coeffs",
+    "AngleTorsion Coeffs", "AngleAngleTorsion Coeffs", "BondBond13 Coeffs",
+    "AngleAngle Coeffs", "Atom Type Labels", "Bond Type Labels", "Angle Type Labels",
+    "Dihedral Type Labels", "Improper Type Labels",
+}
+
+
+@dataclasses.dataclass
+class DataFileTypes:
+    """The atom types of a LAMMPS data file: their number, type labels and masses.
+
+    Args:
+        num_types: number of atom types
+        labels: type label of each labelled type (``Atom Type Labels``)
+        masses: mass of each type given in ``Masses``
+    """
+
+    num_types: int
+    labels: Dict[int, str]
+    masses: Dict[int, float]
+
+
+def read_data_file_types(path) -> DataFileTypes:
+    """Number of atom types, ``Atom Type Labels`` and ``Masses`` of a LAMMPS data file.
+
+    Args:
+        path: LAMMPS data file
+    """
+    num_types, section = None, None
+    sections: Dict[str, List[List[str]]] = {"Atom Type Labels": [], "Masses": []}
     with open(path) as f:
-        next(f)  # the first line is a comment
+        next(f, None)  # the first line is a comment
         for line in f:
             text = line.split("#", 1)[0].strip()
-            if text == "Atom Type Labels":
-                in_section = True
-            elif in_section and text:
-                fields = text.split()
-                if len(fields) != 2 or not fields[0].isdigit():
-                    break
-                labels[int(fields[0])] = fields[1]
-            elif in_section and labels:
-                break
-    return labels
+            if not text:
+                continue
+            if text in _SECTIONS:
+                section = text
+            elif section is None and text.endswith("atom types"):
+                num_types = int(text.split()[0])
+            elif section in sections:
+                sections[section].append(text.split())
+    if num_types is None:
+        raise ValueError(f"`{path}` is not a LAMMPS data file: it has no `N atom types` line")
+    labels = {int(fields[0]): fields[1] for fields in sections["Atom Type Labels"]}
+    label_types = {label: t for t, label in labels.items()}
+    masses = {}
+    for fields in sections["Masses"]:
+        t = int(fields[0]) if fields[0].isdigit() else label_types.get(fields[0])
+        if t is None:
+            raise ValueError(
+                f"`{path}`: Masses names type label `{fields[0]}`, which is not defined"
+            )
+        masses[t] = float(fields[1])
+    return DataFileTypes(num_types, labels, masses)
 
 
 def read_lammps_data(
@@ -173,7 +165,7 @@ def read_lammps_data(
         ``type`` array
     """
     if type_names is None:
-        labels = _atom_type_labels(path)
+        labels = read_data_file_types(path).labels
         type_names = (
             [labels.get(t, "") for t in range(1, max(labels) + 1)]
             if labels

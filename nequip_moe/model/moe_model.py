@@ -6,24 +6,36 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
+import yaml
 from hydra.utils import get_method
 
 from nequip.data import AtomicDataDict
-from nequip.model import model_builder
-from nequip.model.saved_models.load_utils import load_saved_model
-from nequip.model.utils import _EAGER_MODEL_KEY, fresh_model_builder_context
+from nequip.model import ModelFromCheckpoint, ModelFromPackage, model_builder
+from nequip.model.modify_utils import get_all_modifiers
+from nequip.model.utils import fresh_model_builder_context
 from nequip.nn import graph_model as graph_model_keys
 from nequip.nn import SequentialGraphNetwork, AtomwiseReduce, ForceStressOutput
 from nequip.nn.convnetlayer import ConvNetLayer
 from nequip.nn.embedding.utils import cutoff_partialdict_to_tensor, cutoff_str_to_fulldict
+
+# nequip names the single model of a training run "sole_model" and exports the name only under
+# this private alias; `nequip-compile --model` and `load_saved_model` default to it as well
 from nequip.train.lightning import _SOLE_MODEL_KEY
-from allegro.nn import Allegro_Module
 
 from nequip_moe._composite import CompositeTypeTable
-from nequip_moe.nn import MixtureOfExpertsEnergy, DenseCompileGraphModel, ALL_EDGES
+from nequip_moe.nn import MixtureOfExpertsEnergy, DenseCompileGraphModel, ExpertSpec, ALL_EDGES
 
 # arguments the MoE builder owns and hands down; an expert config must not set them
 _OUTER_ONLY_ARGS = ("seed", "model_dtype", "compile_mode", "do_derivatives")
+
+# builders whose receptive field is known from their structure
+_ALLEGRO_BUILDER = "allegro.model.AllegroModel"
+_NEQUIP_BUILDERS = (
+    "nequip.model.NequIPGNNModel",
+    "nequip.model.FullNequIPGNNModel",
+    "nequip.model.PresetNequIPGNNModel",
+)
+_LOCALITY_WORDS = {"local": 0, "all": ALL_EDGES}
 
 
 @model_builder(compile_wrapper_class=DenseCompileGraphModel)
@@ -33,6 +45,7 @@ def MoEModel(
     composite_types: Dict[str, Dict[str, str]],
     experts: Dict[str, Dict],
     per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
+    expert_locality: Optional[Dict[str, Union[str, int]]] = None,
     dense: bool = False,
     frozen_experts: Sequence[str] = (),
     do_derivatives: bool = True,
@@ -44,6 +57,23 @@ def MoEModel(
     built on the element names (energy only); forces, virial and stress come from one
     autograd pass over the summed energy, so dynamics conserve energy exactly.
 
+    Each expert's receptive field decides which edges it is routed and where the model can
+    run: ``local`` (an atom's energy depends only on the edges centred on it; exact in LAMMPS
+    ``pair_style allegro``), ``n`` message-passing neighbour shells beyond those edges, or
+    ``all`` (unknown: every edge, exact but without the routing speed-up). It is known for
+    ``allegro.model.AllegroModel`` (local), nequip's NequIP GNN builders (``num_layers - 1``
+    shells) and ``PretrainedExpert`` files trained from ``AllegroModel``; any other expert
+    counts as ``all`` unless ``expert_locality`` declares it. It is written into the metadata
+    (``moe_expert_halo_hops``), and ``nequip-compile --target pair_allegro`` refuses MoEs with
+    an expert that is not local.
+
+    The metadata's ``per_edge_type_cutoff`` holds the tightest neighbour cutoff of every
+    composite type pair that the experts need at inference (an expert's own cutoffs from the
+    centres it evaluates), so that LAMMPS builds the smallest neighbour list; with per-edge-type
+    cutoffs, LAMMPS types must map one-to-one onto model types. Co-training evaluates experts
+    on other experts' atoms as well: its training data's neighbour list must hold every
+    expert's edges from every centre type (e.g. one ``r_max`` for all pairs, the default).
+
     Args:
         seed (int): seed for reproducibility
         model_dtype (str): ``float32`` or ``float64``
@@ -51,7 +81,8 @@ def MoEModel(
         type_names (Sequence[str]): composite type names, e.g. ``[C, O, Pt, Pt_small]``
         composite_types (Dict[str, Dict[str, str]]): for every composite type, ``{element: ..., expert: ...}``
         experts (Dict[str, Dict]): expert name -> model builder config with ``_target_`` (e.g. ``allegro.model.AllegroModel``); the order of this mapping is the expert-label order; expert configs may set ``type_names`` (element names covering all elements, in any order), ``r_max`` and ``per_edge_type_cutoff`` (over element names)
-        per_edge_type_cutoff (Dict): optional neighbour-list cutoffs over composite type names, for the metadata read by LAMMPS; must be at least what the experts use (default ``None``)
+        per_edge_type_cutoff (Dict): neighbour-list cutoffs over composite type names for the metadata, at least what the experts need (default: exactly what they need)
+        expert_locality (Dict[str, Union[str, int]]): expert name -> ``local``, number of message-passing halo shells, or ``all``, for experts whose receptive field is not known from their builder (default: none declared)
         dense (bool): every expert evaluates every edge (masked per atom) instead of only its own; numerically identical and compile-friendly, used automatically under ``compile_mode: compile`` (default ``False``)
         frozen_experts (Sequence[str]): experts whose weights are not trained, e.g. a pretrained high-fidelity expert (default none)
         do_derivatives (bool): compute forces, virial and stress by autograd (default ``True``)
@@ -60,58 +91,34 @@ def MoEModel(
     if len(experts) == 0:
         raise ValueError("`experts` is empty: an MoE model needs at least one expert")
     table = CompositeTypeTable.from_config(type_names, composite_types, list(experts))
-    elements = table.element_names
     unused = [e for e in table.expert_names if e not in table.experts]
     if unused:
         raise ValueError(
             f"experts {unused} own no composite type; composite types: {table.describe()}"
         )
-
-    expert_modules, expert_type_maps, expert_cutoffs, halo_hops = {}, [], [], []
-    expert_r_max = []
-    for name, expert_config in experts.items():
-        module, expert_type_names, cutoff_matrix, this_r_max = _build_expert(
-            name, expert_config, elements, float(r_max)
-        )
-        # composite type -> expert's own type index
-        type_map = [expert_type_names.index(el) for el in table.elements]
-        expert_modules[name] = module
-        expert_type_maps.append(type_map)
-        expert_cutoffs.append(
-            [[cutoff_matrix[ta][tb] for tb in type_map] for ta in type_map]
-        )
-        halo_hops.append(_halo_hops(name, module))
-        expert_r_max.append(this_r_max)
+    declared = _declared_locality(expert_locality, list(experts))
+    specs = {
+        name: _build_expert(name, config, table.element_names, float(r_max), declared.get(name))
+        for name, config in experts.items()
+    }
 
     unknown_frozen = [e for e in frozen_experts if e not in experts]
     if unknown_frozen:
         raise ValueError(f"frozen_experts {unknown_frozen} are not experts {list(experts)}")
     for name in frozen_experts:
-        expert_modules[name].requires_grad_(False)
+        specs[name].module.requires_grad_(False)
 
-    # expert k has a composite type for the element of composite type t
-    pairs = set(zip(table.elements, table.experts))
-    expert_known_types = [
-        [(element, name) in pairs for element in table.elements] for name in experts
-    ]
-
-    if per_edge_type_cutoff is not None:
-        _check_neighbor_cutoffs(
-            per_edge_type_cutoff, table, float(r_max), expert_cutoffs, halo_hops
-        )
-
-    metadata = table.to_metadata()
-    metadata["moe_expert_r_max"] = " ".join(str(r) for r in expert_r_max)
     moe_energy = MixtureOfExpertsEnergy(
-        experts=expert_modules,
-        type_experts=table.type_expert_index,
-        expert_type_maps=expert_type_maps,
-        expert_cutoffs=expert_cutoffs,
-        expert_halo_hops=halo_hops,
-        expert_known_types=expert_known_types,
-        expert_names=list(experts),
+        experts=specs,
+        type_names=type_names,
+        type_elements=table.elements,
+        type_experts=table.experts,
+        neighbor_cutoffs=None
+        if per_edge_type_cutoff is None
+        else cutoff_partialdict_to_tensor(
+            dict(per_edge_type_cutoff), type_names, float(r_max)
+        ).tolist(),
         dense=dense,
-        metadata=metadata,
         irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"},
     )
     total_energy_sum = AtomwiseReduce(
@@ -126,11 +133,30 @@ def MoEModel(
     return ForceStressOutput(energy_model, do_derivatives)
 
 
-def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
-    """Build one expert's energy network on element types (or load a pretrained one).
+def _declared_locality(expert_locality, expert_names: List[str]) -> Dict[str, int]:
+    """``expert_locality`` config -> expert name -> halo hops (0 local, n shells, -1 all)."""
+    declared = {}
+    for name, value in dict(expert_locality or {}).items():
+        if name not in expert_names:
+            raise ValueError(
+                f"expert_locality names `{name}`, which is not one of the experts {expert_names}"
+            )
+        if isinstance(value, str) and value in _LOCALITY_WORDS:
+            declared[name] = _LOCALITY_WORDS[value]
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            declared[name] = value
+        else:
+            raise ValueError(
+                f"expert_locality of `{name}` is {value!r}: use `local` (strictly local, "
+                "e.g. Allegro), a number n >= 0 of message-passing halo shells, or `all`"
+            )
+    return declared
 
-    Returns the module, its type names, its [type, type] cutoff matrix and its r_max.
-    """
+
+def _build_expert(
+    name: str, config: Dict, elements: List[str], r_max: float, declared_hops: Optional[int]
+) -> ExpertSpec:
+    """Build one expert's energy network on element types (or load a pretrained one)."""
     config = dict(copy.deepcopy(config))
     if "_target_" not in config:
         raise ValueError(f"expert `{name}` config has no `_target_` model builder")
@@ -139,7 +165,8 @@ def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
         raise ValueError(
             f"expert `{name}` sets {clashes}: these belong to the MoE model config, not to an expert"
         )
-    builder = get_method(config.pop("_target_"))
+    target = config.pop("_target_")
+    builder = get_method(target)
     if builder is PretrainedExpert:
         graph_model = builder(**config)
         if graph_model.model_dtype != torch.get_default_dtype():
@@ -155,12 +182,13 @@ def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
             per_type = cutoff_str_to_fulldict(
                 metadata[graph_model_keys.PER_EDGE_TYPE_CUTOFF_KEY], expert_type_names
             )
-        module = graph_model.model
+        module = _energy_network(graph_model.model)
+        target = _saved_model_builder(config["path"], config.get("model_key", _SOLE_MODEL_KEY))
     else:
         expert_type_names = [str(t) for t in config.setdefault("type_names", elements)]
         this_r_max = float(config.setdefault("r_max", r_max))
         per_type = config.get("per_edge_type_cutoff", None)
-        module = builder(**config, do_derivatives=False)
+        module = _energy_network(builder(**config, do_derivatives=False))
 
     missing = [el for el in elements if el not in expert_type_names]
     if missing:
@@ -175,18 +203,68 @@ def _build_expert(name: str, config: Dict, elements: List[str], r_max: float):
             "r_max sets the neighbour list and must be the largest"
         )
     if per_type is not None:
-        cutoff_matrix = cutoff_partialdict_to_tensor(
-            dict(per_type), expert_type_names, this_r_max
-        ).tolist()
+        cutoffs = cutoff_partialdict_to_tensor(dict(per_type), expert_type_names, this_r_max)
     else:
         n = len(expert_type_names)
-        cutoff_matrix = [[this_r_max] * n for _ in range(n)]
-
-    if isinstance(module, ForceStressOutput):
-        module = module.func
+        cutoffs = torch.full((n, n), this_r_max)
     if AtomicDataDict.PER_ATOM_ENERGY_KEY not in module.irreps_out:
         raise ValueError(f"expert `{name}` does not produce per-atom energies")
-    return module, expert_type_names, cutoff_matrix, this_r_max
+    return ExpertSpec(
+        module=module,
+        type_names=expert_type_names,
+        cutoffs=cutoffs.tolist(),
+        r_max=this_r_max,
+        halo_hops=_halo_hops(name, target, module, declared_hops),
+    )
+
+
+def _energy_network(module: torch.nn.Module) -> torch.nn.Module:
+    """The energy network of a nequip model, without its force output.
+
+    The MoE takes derivatives once, of its summed energy. nequip's own
+    ``disable_ForceStressOutput`` model modifier is a classmethod of the model's own
+    ``ForceStressOutput`` class, so it finds that class (and switches off any nested force
+    output) also in a model loaded from a ``.nequip.zip`` package, whose classes are not the
+    installed ones.
+    """
+    disable = get_all_modifiers(module).get("disable_ForceStressOutput", None)
+    if disable is None:
+        return module
+    if isinstance(module, disable.__self__):
+        module = module.func
+    return disable(module)
+
+
+def _halo_hops(
+    name: str, target: Optional[str], module: torch.nn.Module, declared: Optional[int]
+) -> int:
+    """Neighbour shells of halo an expert needs beyond its own atoms' edges.
+
+    Known from the builder (``target``): Allegro is strictly local, NequIP passes messages over
+    its ``num_layers - 1`` extra shells. Anything else needs the ``expert_locality``
+    declaration, or counts as unknown (all edges).
+    """
+    known = None
+    if target == _ALLEGRO_BUILDER:
+        known = 0
+    elif target in _NEQUIP_BUILDERS:
+        known = sum(isinstance(m, ConvNetLayer) for m in module.modules()) - 1
+    if declared is None:
+        if known is not None:
+            return known
+        warnings.warn(
+            f"expert `{name}` ({target}) has a receptive field nequip-moe does not know: it "
+            "evaluates all edges (exact, without the routing speed-up) and the MoE cannot run "
+            "in LAMMPS `pair_style allegro`. Declare it with the MoEModel option "
+            f"`expert_locality: {{{name}: local | <halo shells> | all}}`"
+        )
+        return ALL_EDGES
+    if known is not None and known != ALL_EDGES and (declared != ALL_EDGES and declared < known):
+        raise ValueError(
+            f"expert_locality declares {declared} halo shells for expert `{name}`, but its "
+            f"builder {target} needs {known}: routing it fewer edges would give wrong energies"
+        )
+    return declared
 
 
 def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
@@ -197,6 +275,8 @@ def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
     co-trained to agree with (freeze it with the MoE option ``frozen_experts``). Its type
     names, cutoffs and weights come from the file, which must stay where it is: reloading the
     MoE checkpoint rebuilds the expert from it (as with ``nequip.model.ModelFromCheckpoint``).
+    Its receptive field is known if the file's model was trained from
+    ``allegro.model.AllegroModel``; otherwise declare it (MoEModel ``expert_locality``).
 
     Args:
         path (str): checkpoint or package file
@@ -204,42 +284,24 @@ def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained expert file `{path}` does not exist")
+    # nequip's model loaders, as a fine-tuning config uses them (`load_saved_model` would enter
+    # nequip's modifier context again when `nequip-package` builds the MoE from a checkpoint);
+    # built as a fresh top-level model, not as a raw module of the MoE builder
+    loader = ModelFromPackage if str(path).endswith(".nequip.zip") else ModelFromCheckpoint
     with fresh_model_builder_context():
-        return load_saved_model(path, _EAGER_MODEL_KEY, model_key)
+        return loader(path)[model_key]
 
 
-def _halo_hops(name: str, module: torch.nn.Module) -> int:
-    """Neighbour shells of halo an expert needs beyond its own atoms' edges."""
-    if any(isinstance(m, Allegro_Module) for m in module.modules()):
-        return 0  # strictly local: an atom's energy depends only on edges centred on it
-    num_conv = sum(isinstance(m, ConvNetLayer) for m in module.modules())
-    if num_conv > 0:
-        return num_conv - 1  # message passing: receptive field of num_layers - 1 extra shells
-    warnings.warn(
-        f"expert `{name}` is neither Allegro nor NequIP message passing: its receptive field "
-        "is unknown, so it evaluates all edges (correct, without the routing speed-up)"
-    )
-    return ALL_EDGES
+def _saved_model_builder(path: str, model_key: str) -> Optional[str]:
+    """The model builder (``_target_``) a checkpoint's or package's model was trained from."""
+    if str(path).endswith(".nequip.zip"):
+        importer = torch.package.PackageImporter(path)
+        config = yaml.safe_load(importer.load_text("model", "config.yaml"))
+    else:
+        config = torch.load(path, map_location="cpu", weights_only=False)
+        config = config["hyper_parameters"]["info_dict"]
+    model = config.get("training_module", {}).get("model", {})
+    if "_target_" not in model:  # several models: one config per model key
+        model = model.get(model_key, {})
+    return model.get("_target_", None)
 
-
-def _check_neighbor_cutoffs(
-    per_edge_type_cutoff, table: CompositeTypeTable, r_max, expert_cutoffs, halo_hops
-):
-    """The neighbour list (MoE ``per_edge_type_cutoff``) must keep every edge an expert uses."""
-    neighbor = cutoff_partialdict_to_tensor(
-        dict(per_edge_type_cutoff), table.type_names, r_max
-    ).tolist()
-    owner = table.type_expert_index
-    n = len(table.type_names)
-    for k, cutoffs in enumerate(expert_cutoffs):
-        for a in range(n):
-            # local experts use only edges centred on their own atoms; halo experts use others' too
-            if halo_hops[k] == 0 and owner[a] != k:
-                continue
-            for b in range(n):
-                if neighbor[a][b] < cutoffs[a][b]:
-                    raise ValueError(
-                        f"per_edge_type_cutoff {table.type_names[a]}-{table.type_names[b]} = "
-                        f"{neighbor[a][b]} is below the {cutoffs[a][b]} that expert "
-                        f"`{table.expert_names[k]}` uses for that pair"
-                    )

@@ -1,11 +1,13 @@
 """Graph modules of the spatial Mixture of Experts (packaged: light imports only)."""
 
+import dataclasses
+
 import torch
 
 from nequip.data import AtomicDataDict
-from nequip.nn._graph_mixin import GraphModuleMixin
+from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
 from nequip.nn.compile import CompileGraphModel
-from nequip.nn.utils import scatter, with_edge_vectors_
+from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 
 from nequip_moe._keys import (
     ATOM_EXPERT_KEY,
@@ -13,11 +15,16 @@ from nequip_moe._keys import (
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
+    EXPERT_NAMES_KEY,
+    TYPE_ELEMENTS_KEY,
+    TYPE_EXPERTS_KEY,
+    EXPERT_R_MAX_KEY,
+    EXPERT_HALO_HOPS_KEY,
 )
 
 from typing import Dict, List, Optional, Tuple
 
-# `halo_hops` value meaning "this expert needs every edge" (message passing of unknown range)
+# `halo_hops` value meaning "this expert needs every edge" (receptive field unknown)
 ALL_EDGES: int = -1
 
 # fields copied from the raw input into each expert's fresh data dict
@@ -35,73 +42,126 @@ _EDGE_INPUTS = (
 )
 
 
+@dataclasses.dataclass
+class ExpertSpec:
+    """One expert of a :class:`MixtureOfExpertsEnergy`, as the expert itself knows it.
+
+    Args:
+        module (GraphModuleMixin): energy network producing ``atomic_energy`` on the expert's own (element) types
+        type_names (List[str]): the expert's own type names (element names), in its type-index order
+        cutoffs (List[List[float]]): ``[num_types, num_types]`` cutoff of an edge from a centre of the expert's type ``a`` to a neighbour of type ``b``
+        r_max (float): the expert's ``r_max``
+        halo_hops (int): ``0`` strictly local (an atom's energy depends only on the edges centred on it, as in Allegro), ``n > 0`` message passing over ``n`` neighbour shells beyond those edges, or ``-1`` (:data:`ALL_EDGES`) unknown receptive field
+    """
+
+    module: torch.nn.Module
+    type_names: List[str]
+    cutoffs: List[List[float]]
+    r_max: float
+    halo_hops: int
+
+
 class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     """Per-atom energies of a spatial Mixture of Experts.
 
-    Every composite atom type belongs to one expert; an atom's energy is its own expert's
+    Every composite atom type is an (element, expert) pair; an atom's energy is its own expert's
     per-atom energy. In the default *routed* evaluation each expert runs on a fresh data dict
     holding only the edges it needs: those centred on its own atoms (strictly local experts such
     as Allegro), plus the receptive-field halo of ``halo_hops`` neighbour shells (message-passing
     experts), trimmed to the expert's own cutoffs. In *dense* evaluation every expert sees every
     edge and the result is masked per atom: numerically identical, with static shapes for
-    ``torch.compile``.
+    ``torch.compile``. Each expert's weight on each atom comes from :meth:`expert_weights`
+    (one-hot on the owning expert); an expert is evaluated exactly on the atoms it weighs.
 
     Co-training: when the input holds the per-atom ``shared`` mark, every expert is also
-    evaluated on the shared atoms (plus the neighbour shells their forces depend on) and the
-    module outputs each expert's per-atom energies, whole-frame forces and frame energies there
+    evaluated on the shared atoms (plus the atoms whose energies depend on their positions) and
+    the module outputs each expert's per-atom energies ``[num_atoms, num_experts]``, whole-frame
+    forces ``[num_atoms, num_experts, 3]`` and frame energies ``[num_frames, num_experts]`` there
     (``expert_atomic_energy``, ``expert_forces``, ``expert_total_energy``). Deployed models
     never receive ``shared``, so this costs nothing at inference.
 
+    The module contributes the model metadata that describes it: the composite-type table
+    (``moe_expert_names``, ``moe_type_elements``, ``moe_type_experts``), each expert's ``r_max``
+    (``moe_expert_r_max``) and receptive field (``moe_expert_halo_hops``), and the neighbour
+    cutoff of every composite type pair (``per_edge_type_cutoff``, see :meth:`neighbor_cutoffs`).
+
     Args:
-        experts (Dict[str, GraphModuleMixin]): energy networks producing ``atomic_energy`` on their own (element) atom types
-        type_experts (List[int]): expert index of each composite type
-        expert_type_maps (List[List[int]]): for each expert, its own type index of each composite type
-        expert_cutoffs (List[List[List[float]]]): for each expert, the ``[num_types, num_types]`` cutoff of an edge from a centre of composite type ``i`` to a neighbour of composite type ``j``
-        expert_halo_hops (List[int]): for each expert, ``0`` (strictly local), ``n > 0`` neighbour shells of halo, or ``-1`` (all edges)
-        expert_known_types (List[List[bool]]): for each expert, whether it has a composite type for the element of each composite type (where it may be asked to agree)
-        expert_names (List[str]): expert names, for error messages
+        experts (Dict[str, ExpertSpec]): expert name -> spec, in expert-label order
+        type_names (List[str]): composite type names (the model's ``type_names``)
+        type_elements (List[str]): element of each composite type
+        type_experts (List[str]): expert of each composite type
+        neighbor_cutoffs (List[List[float]]): ``[num_types, num_types]`` neighbour-list cutoffs over composite types to write into the metadata, at least :meth:`neighbor_cutoffs` (default: exactly that)
         dense (bool): evaluate every expert on every edge (default ``False``)
-        metadata (Dict[str, str]): model metadata this module contributes (the composite-type table)
     """
 
     dense: bool
 
     def __init__(
         self,
-        experts: Dict[str, GraphModuleMixin],
-        type_experts: List[int],
-        expert_type_maps: List[List[int]],
-        expert_cutoffs: List[List[List[float]]],
-        expert_halo_hops: List[int],
-        expert_known_types: List[List[bool]],
-        expert_names: List[str],
+        experts: Dict[str, ExpertSpec],
+        type_names: List[str],
+        type_elements: List[str],
+        type_experts: List[str],
+        neighbor_cutoffs: Optional[List[List[float]]] = None,
         dense: bool = False,
-        metadata: Optional[Dict[str, str]] = None,
         irreps_in=None,
     ):
         super().__init__()
-        num_types = len(type_experts)
-        assert len(expert_type_maps) == len(experts) == len(expert_cutoffs)
-        self.experts = torch.nn.ModuleDict(experts)
+        names = list(experts)
+        specs = list(experts.values())
+        num_types = len(type_names)
+        assert len(type_elements) == len(type_experts) == num_types
+        self.experts = torch.nn.ModuleDict({name: s.module for name, s in experts.items()})
+        self.expert_names = names
         self.num_types = num_types
         self.dense = dense
-        self.expert_halo_hops = [int(h) for h in expert_halo_hops]
-        self.expert_names = list(expert_names)
+        self.expert_halo_hops = [int(s.halo_hops) for s in specs]
+        self._type_elements = list(type_elements)
+        self._type_experts = list(type_experts)
+        self._expert_r_max = [float(s.r_max) for s in specs]
+
+        # composite type -> owning expert; per expert: composite type -> its own type index
         self.register_buffer(
-            "expert_known_types", torch.as_tensor(expert_known_types, dtype=torch.bool)
+            "type_experts",
+            torch.as_tensor([names.index(e) for e in type_experts], dtype=torch.long),
         )
-        self._metadata = dict(metadata) if metadata is not None else {}
-        self.register_buffer("type_experts", torch.as_tensor(type_experts, dtype=torch.long))
+        type_maps = [[s.type_names.index(el) for el in type_elements] for s in specs]
+        self.register_buffer("expert_type_maps", torch.as_tensor(type_maps, dtype=torch.long))
+        # expert k has a composite type for the element of composite type t (may agree there)
+        pairs = set(zip(type_elements, type_experts))
         self.register_buffer(
-            "expert_type_maps", torch.as_tensor(expert_type_maps, dtype=torch.long)
-        )
-        # flattened (centre type, neighbour type) -> cutoff, per expert
-        self.register_buffer(
-            "expert_cutoffs",
-            torch.as_tensor(expert_cutoffs, dtype=torch.get_default_dtype()).view(
-                len(experts), num_types * num_types
+            "expert_known_types",
+            torch.as_tensor(
+                [[(el, name) in pairs for el in type_elements] for name in names],
+                dtype=torch.bool,
             ),
         )
+        # per expert: flattened (centre composite type, neighbour composite type) -> cutoff
+        cutoffs = [
+            [[s.cutoffs[a][b] for b in type_map] for a in type_map]
+            for s, type_map in zip(specs, type_maps)
+        ]
+        self.register_buffer(
+            "expert_cutoffs",
+            torch.as_tensor(cutoffs, dtype=torch.get_default_dtype()).view(
+                len(specs), num_types * num_types
+            ),
+        )
+        # dummy atoms padding routed edges (see `expert_atomic_energy`) lie this far apart
+        self._dummy_distance = 2.0 * max(max(max(row) for row in c) for c in cutoffs) + 100.0
+        needed = self.neighbor_cutoffs()
+        if neighbor_cutoffs is None:
+            neighbor_cutoffs = needed
+        for a, row in enumerate(neighbor_cutoffs):
+            for b, cutoff in enumerate(row):
+                if cutoff < needed[a][b]:
+                    raise ValueError(
+                        f"per_edge_type_cutoff {type_names[a]}-{type_names[b]} = {cutoff} is "
+                        f"below the {needed[a][b]} that the experts use for that pair"
+                    )
+        self._neighbor_cutoffs = [[float(c) for c in row] for row in neighbor_cutoffs]
+
+        num_experts = len(specs)
         # `shared` is an optional input: declare it so GraphModel lets it through
         irreps_in = dict(irreps_in or {})
         irreps_in[SHARED_KEY] = None
@@ -110,21 +170,66 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             irreps_out={
                 AtomicDataDict.PER_ATOM_ENERGY_KEY: "0e",
                 ATOM_EXPERT_KEY: None,
-                EXPERT_ATOMIC_ENERGY_KEY: None,
-                EXPERT_FORCES_KEY: None,
-                EXPERT_TOTAL_ENERGY_KEY: None,
+                EXPERT_ATOMIC_ENERGY_KEY: f"{num_experts}x0e",
+                # [num_atoms, num_experts, 3]: a 1o vector per expert (rotates in its last dim)
+                EXPERT_FORCES_KEY: "1o",
+                EXPERT_TOTAL_ENERGY_KEY: f"{num_experts}x0e",
             },
         )
 
     @torch.jit.unused
+    def neighbor_cutoffs(self, cotraining: bool = False) -> List[List[float]]:
+        """The tightest neighbour-list cutoff of each (centre, neighbour) composite type pair.
+
+        A strictly local expert uses only edges centred on its own atoms; an expert with a halo
+        (or unknown receptive field) uses edges centred on any atom. In co-training
+        (``cotraining=True``) every expert is also evaluated on other experts' atoms (the shared
+        atoms and those whose energies depend on them), so every expert needs its edges from
+        every centre type.
+
+        Args:
+            cotraining (bool): the cutoffs co-training needs instead of inference's
+        """
+        owner = self.type_experts.tolist()
+        cutoffs = self.expert_cutoffs.view(-1, self.num_types, self.num_types).tolist()
+        out = [[0.0] * self.num_types for _ in range(self.num_types)]
+        for k, expert_cutoffs in enumerate(cutoffs):
+            for a in range(self.num_types):
+                if self.expert_halo_hops[k] == 0 and owner[a] != k and not cotraining:
+                    continue
+                for b in range(self.num_types):
+                    out[a][b] = max(out[a][b], expert_cutoffs[a][b])
+        return out
+
+    @torch.jit.unused
     def _get_metadata_contributions(self) -> Dict[str, str]:
-        return self._metadata.copy()
+        return {
+            EXPERT_NAMES_KEY: " ".join(self.expert_names),
+            TYPE_ELEMENTS_KEY: " ".join(self._type_elements),
+            TYPE_EXPERTS_KEY: " ".join(self._type_experts),
+            EXPERT_R_MAX_KEY: " ".join(str(r) for r in self._expert_r_max),
+            EXPERT_HALO_HOPS_KEY: " ".join(str(h) for h in self.expert_halo_hops),
+            PER_EDGE_TYPE_CUTOFF_KEY: " ".join(
+                str(c) for row in self._neighbor_cutoffs for c in row
+            ),
+        }
 
     def atom_experts(self, data: AtomicDataDict.Type) -> torch.Tensor:
-        """Expert index of every atom, shape ``[num_atoms]``."""
+        """Owning expert of every atom, shape ``[num_atoms]``."""
         return torch.index_select(
             self.type_experts, 0, data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         )
+
+    def expert_weights(self, data: AtomicDataDict.Type) -> torch.Tensor:
+        """Weight of each expert's energy on each atom, ``[num_atoms, num_experts]``.
+
+        One-hot on the owning expert. The energy of atom ``i`` is
+        ``sum_k weight[i, k] * e_i^k``, and expert ``k`` is evaluated exactly on the atoms with
+        ``weight[:, k] != 0``.
+        """
+        owner = self.atom_experts(data)
+        experts = torch.arange(len(self.experts), device=owner.device)
+        return (owner.unsqueeze(-1) == experts).to(data[AtomicDataDict.POSITIONS_KEY].dtype)
 
     def edges_in_range(self, data: AtomicDataDict.Type) -> List[torch.Tensor]:
         """For each expert, the mask of edges within its own (per-edge-type) cutoff.
@@ -145,14 +250,24 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
 
     @staticmethod
     def _grow(
-        atoms: torch.Tensor, edge_index: torch.Tensor, in_range: torch.Tensor, shells: int
+        atoms: torch.Tensor,
+        edge_index: torch.Tensor,
+        in_range: torch.Tensor,
+        shells: int,
+        towards_centres: bool = False,
     ) -> torch.Tensor:
-        """Grow an atom mask by ``shells`` neighbour shells along the in-range edges."""
+        """Grow an atom mask by ``shells`` shells along the in-range edges.
+
+        Each shell adds the neighbours of the atoms (``edge_index[0] -> edge_index[1]``: the
+        atoms whose features a message-passing centre reads), or with ``towards_centres`` the
+        centres of edges ending on the atoms (the atoms whose energies read theirs).
+        """
+        source, target = (1, 0) if towards_centres else (0, 1)
         for _ in range(shells):
             reached = torch.zeros_like(atoms, dtype=torch.int32).index_add(
                 0,
-                edge_index[1],
-                (torch.index_select(atoms, 0, edge_index[0]) & in_range).to(torch.int32),
+                edge_index[target],
+                (torch.index_select(atoms, 0, edge_index[source]) & in_range).to(torch.int32),
             )
             atoms = atoms | (reached > 0)
         return atoms
@@ -167,11 +282,10 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """Edges expert ``expert_idx`` needs for exact energies on a set of atoms.
 
-        Returns the edge indices (``None``: all edges, in dense
-        mode or for experts of unknown receptive field) and the mask of atoms whose energies
-        are exact: ``centres``, or with ``force_support`` every atom whose energy depends on
-        the positions of ``centres`` (so the gradient of their summed energies is the expert's
-        whole-frame force on ``centres``).
+        Returns the edge indices (``None``: all edges, in dense mode) and the mask of atoms
+        whose energies are exact: ``centres``, or with ``force_support`` also every atom whose
+        energy depends on the positions of ``centres`` (so the gradient of their summed energies
+        is the expert's whole-frame force on ``centres``).
 
         Args:
             data: graph
@@ -184,14 +298,19 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         everything = torch.ones_like(centres) if force_support else centres
         if self.dense:
             return None, everything
+        assert in_range is not None
         if hops == ALL_EDGES:
-            return torch.nonzero(in_range).view(-1), everything
+            return _routed(in_range), everything
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
-        # an atom's energy depends on positions up to (hops + 1) shells away
-        exact = self._grow(centres, edge_index, in_range, hops + 1) if force_support else centres
+        exact = centres
+        if force_support:
+            # atom i's energy reads positions up to (hops + 1) edges away along i -> j edges:
+            # the energies that read the centres' positions are (hops + 1) edges back
+            exact = self._grow(centres, edge_index, in_range, hops + 1, towards_centres=True)
+        # a centre's energy reads the features of atoms up to `hops` edges away (its halo)
         needed = self._grow(exact, edge_index, in_range, hops)
         keep = in_range & torch.index_select(needed, 0, edge_index[0])
-        return torch.nonzero(keep).view(-1), exact
+        return _routed(keep), exact
 
     def expert_atomic_energy(
         self,
@@ -205,6 +324,12 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         field of one expert leaks into another. Only atoms whose edges were all selected get
         meaningful energies.
 
+        Routed edges (``edges`` given) are padded with two dummy atoms joined by two edges far
+        beyond any cutoff, as LAMMPS Kokkos pads its lists; the dummies' energies are dropped.
+        Every real atom's energy is untouched, and the routed edge count, unknown while tracing
+        for export, is then provably at least 2, which layers that broadcast over edges (e.g.
+        NequIP's tensor products) need to be exported.
+
         Args:
             data: graph with edge vectors and lengths
             expert_idx: expert index
@@ -214,11 +339,12 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         for key in _NODE_AND_GRAPH_INPUTS:
             if key in data:
                 expert_data[key] = data[key]
-        expert_data[AtomicDataDict.ATOM_TYPE_KEY] = torch.index_select(
+        atom_types = torch.index_select(
             self.expert_type_maps[expert_idx],
             0,
             data[AtomicDataDict.ATOM_TYPE_KEY].view(-1),
         )
+        expert_data[AtomicDataDict.ATOM_TYPE_KEY] = atom_types
         for key in _EDGE_INPUTS:
             if key in data:
                 value = data[key]
@@ -226,8 +352,46 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                     edge_dim = 1 if key == AtomicDataDict.EDGE_INDEX_KEY else 0
                     value = torch.index_select(value, edge_dim, edges)
                 expert_data[key] = value
+        num_atoms = atom_types.size(0)
+        if edges is not None:
+            expert_data = self._with_dummy_edges(expert_data, num_atoms)
         expert = list(self.experts.values())[expert_idx]
-        return expert(expert_data)[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1, 1)
+        energy = expert(expert_data)[AtomicDataDict.PER_ATOM_ENERGY_KEY]
+        return energy[:num_atoms].view(-1, 1)
+
+    def _with_dummy_edges(self, data: AtomicDataDict.Type, num_atoms: int) -> AtomicDataDict.Type:
+        """Append two dummy atoms (type 0, frame 0) joined by two edges longer than any cutoff."""
+        pos = data[AtomicDataDict.POSITIONS_KEY]
+        far = self._dummy_distance
+        offsets = torch.tensor(
+            [[0.0, 0.0, 0.0], [far, 0.0, 0.0]], dtype=pos.dtype, device=pos.device
+        )
+        # the dummies lie beyond the structure and the neighbour list, and far from each other
+        dummy_pos = pos.detach().amax(0, keepdim=True) + far + offsets
+        data[AtomicDataDict.POSITIONS_KEY] = torch.cat([pos, dummy_pos], 0)
+        types = data[AtomicDataDict.ATOM_TYPE_KEY]
+        data[AtomicDataDict.ATOM_TYPE_KEY] = torch.cat([types, types.new_zeros(2)], 0)
+        if AtomicDataDict.BATCH_KEY in data:
+            batch = data[AtomicDataDict.BATCH_KEY]
+            data[AtomicDataDict.BATCH_KEY] = torch.cat([batch, batch.new_zeros(2)], 0)
+        dummies = torch.arange(num_atoms, num_atoms + 2, device=pos.device)
+        data[AtomicDataDict.EDGE_INDEX_KEY] = torch.cat(
+            [data[AtomicDataDict.EDGE_INDEX_KEY], torch.stack([dummies, dummies.flip(0)])], 1
+        )
+        vectors = offsets[1:] * torch.tensor([[1.0], [-1.0]], dtype=pos.dtype, device=pos.device)
+        data[AtomicDataDict.EDGE_VECTORS_KEY] = torch.cat(
+            [data[AtomicDataDict.EDGE_VECTORS_KEY], vectors], 0
+        )
+        lengths = data[AtomicDataDict.EDGE_LENGTH_KEY]
+        data[AtomicDataDict.EDGE_LENGTH_KEY] = torch.cat(
+            [lengths, lengths.new_full((2,) + lengths.shape[1:], far)], 0
+        )
+        if AtomicDataDict.EDGE_CELL_SHIFT_KEY in data:
+            shifts = data[AtomicDataDict.EDGE_CELL_SHIFT_KEY]
+            data[AtomicDataDict.EDGE_CELL_SHIFT_KEY] = torch.cat(
+                [shifts, shifts.new_zeros((2, 3))], 0
+            )
+        return data
 
     def shared_expert_outputs(
         self,
@@ -251,11 +415,14 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         energies, forces, totals = [], [], []
         for expert_idx in range(len(self.experts)):
             known = torch.index_select(self.expert_known_types[expert_idx], 0, atom_types)
-            if bool((shared & ~known).any()):
-                raise ValueError(
-                    f"shared atoms include species that expert `{self.expert_names[expert_idx]}` "
-                    "has no composite type for: it cannot be asked to agree there"
-                )
+            message = (
+                f"shared atoms include species that expert `{self.expert_names[expert_idx]}` "
+                "has no composite type for: it cannot be asked to agree there"
+            )
+            if _traced(data):  # no data-dependent branch while tracing: a runtime assertion
+                torch._assert_async(~(shared & ~known).any(), message)
+            elif bool((shared & ~known).any()):
+                raise ValueError(message)
             edges, exact = self.expert_edges(
                 data,
                 expert_idx,
@@ -292,25 +459,77 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             out[EXPERT_FORCES_KEY] = torch.stack(forces, dim=1)
         return out
 
+    @torch.jit.unused
+    def _refuse_ghost_atom_export(self, data: AtomicDataDict.Type) -> None:
+        """Refuse tracing for ``pair_style allegro``-like inputs unless all experts are strictly local.
+
+        Inputs without ``cell`` and ``edge_cell_shift`` (``nequip-compile --target
+        pair_allegro``) hold periodic images and other ranks' atoms as ghost atoms and only the
+        edges centred on local atoms: exact for strictly local experts only. nequip's compile
+        targets cannot see the model, so the check runs here, when the shapes are symbolic
+        (traced for export).
+        """
+        if (
+            AtomicDataDict.CELL_KEY in data
+            or AtomicDataDict.EDGE_CELL_SHIFT_KEY in data
+            or not _traced(data)
+        ):
+            return
+        for name, hops in zip(self.expert_names, self.expert_halo_hops):
+            if hops != 0:
+                field = "unknown" if hops == ALL_EDGES else f"{hops} message-passing shell(s)"
+                raise ValueError(
+                    f"expert `{name}` is not strictly local (receptive field: {field}), so this "
+                    "MoE cannot be exported for inputs without `cell`/`edge_cell_shift` "
+                    "(`nequip-compile --target pair_allegro`): LAMMPS `pair_style allegro` "
+                    "gives the model edges centred on local atoms only and would silently "
+                    "give wrong energies and forces. Compile with `--target ase` (ASE "
+                    "calculator, whole structures) instead, or, if the expert is in fact "
+                    "strictly local, declare it with the MoEModel option "
+                    f"`expert_locality: {{{name}: local}}` and rebuild"
+                )
+
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        if not torch.jit.is_scripting():
+            self._refuse_ghost_atom_export(data)
         data = with_edge_vectors_(data, with_lengths=True)
-        owner = self.atom_experts(data)
+        weights = self.expert_weights(data)
         in_range = None if self.dense else self.edges_in_range(data)
-        per_expert = []
+        energy = torch.zeros_like(weights[:, :1])
         for expert_idx in range(len(self.experts)):
-            owned = owner == expert_idx
+            weight = weights[:, expert_idx : expert_idx + 1]
             edges, _ = self.expert_edges(
-                data, expert_idx, owned, None if in_range is None else in_range[expert_idx]
+                data,
+                expert_idx,
+                weight.view(-1) != 0,
+                None if in_range is None else in_range[expert_idx],
             )
-            energy = self.expert_atomic_energy(data, expert_idx, edges)
-            per_expert.append(torch.where(owned.unsqueeze(-1), energy, 0.0))
-        data[AtomicDataDict.PER_ATOM_ENERGY_KEY] = torch.stack(per_expert, 0).sum(0)
-        data[ATOM_EXPERT_KEY] = owner.unsqueeze(-1)
+            expert_energy = self.expert_atomic_energy(data, expert_idx, edges)
+            # atoms the expert does not weigh may get inexact (even non-finite) energies: mask them
+            energy = energy + torch.where(weight != 0, weight * expert_energy, 0.0)
+        data[AtomicDataDict.PER_ATOM_ENERGY_KEY] = energy
+        data[ATOM_EXPERT_KEY] = self.atom_experts(data).unsqueeze(-1)
         if SHARED_KEY in data:
             data.update(
                 self.shared_expert_outputs(data, data[SHARED_KEY].view(-1) != 0, in_range)
             )
         return data
+
+
+def _traced(data: AtomicDataDict.Type) -> bool:
+    """Whether the module is being traced with symbolic shapes (``nequip-compile``, or
+    nequip's train-time compile), where data-dependent Python branches are not allowed."""
+    if torch.jit.is_scripting():
+        return False
+    return isinstance(data[AtomicDataDict.POSITIONS_KEY].size(0), torch.SymInt)
+
+
+def _routed(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the edges an expert is routed, from its edge mask (their count is a size:
+    tells the exporter, which cannot know the data-dependent count)."""
+    edges = torch.nonzero(mask).view(-1)
+    torch._check(edges.size(0) >= 0)
+    return edges
 
 
 class DenseCompileGraphModel(CompileGraphModel):

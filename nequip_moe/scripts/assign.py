@@ -2,34 +2,37 @@
 
 Reads the composite-type table from the model file (so names cannot drift from the model),
 assigns experts with ``nequip_moe.data.regions``, writes an extxyz file with the per-atom
-``expert`` array and a LAMMPS data file whose atom types are the model's composite types, and
-prints a summary and the matching ``pair_coeff`` line. Outputs are written to temporary files
+``expert`` array and a LAMMPS data file whose atom types are the model's composite types (with
+them as ``Atom Type Labels``), and writes (``--out-input``) or prints the matching LAMMPS input
+(``nequip_moe.integrations.lammps_input``: type-label check, ``pair_coeff`` from the labels,
+load balancing weighted by ``--cost-weights``). Outputs are written to temporary files
 and renamed only once everything succeeded, so an error never leaves a half-written output.
 """
 
 import collections
 import os
+import pathlib
 
 import ase.io
-import yaml
 from ase import Atoms
 
 from nequip_moe._keys import EXPERT_KEY
 from nequip_moe.data.regions import (
+    RULES_FILE_SETTINGS,
     Depth,
     Near,
     assign_experts,
     expert_summary,
-    rule_from_dict,
+    PRESETS,
+    preset_rules,
+    read_rules_file,
 )
-from nequip_moe.integrations.lammps_data import (
-    composite_type_indices,
-    pair_coeff_line,
-    write_lammps_data,
-)
-from nequip_moe.integrations.model_files import is_compiled, read_composite_table
-
-_FILE_SETTINGS = ("default_expert", "buffer_shells", "shell_cutoff")
+from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.integrations.lammps_data import write_lammps_data
+from nequip_moe.integrations.lammps_input import PAIR_STYLES, lammps_input, parse_cost_weights
+from nequip_moe.integrations.lammps_locality import compiled_pair_style, exact_pair_style
+from nequip_moe.integrations.model_files import is_compiled, read_metadata
+from nequip_moe.scripts.deploy import add_balance_arguments
 
 
 def add_parser(subparsers):
@@ -56,7 +59,14 @@ def add_parser(subparsers):
         "--rules",
         metavar="YAML",
         help="YAML file: a list of rules (mappings with `kind`), or a mapping with `rules` "
-        f"and optionally {', '.join(_FILE_SETTINGS)}",
+        f"and optionally {', '.join(RULES_FILE_SETTINGS)}",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named rule set applied before the other rules, e.g. pt_co_coordination: C, O, "
+        "Pt bonded to them and under-coordinated Pt (surfaces, steps, vertices, vacancies; by "
+        "coordination, not height) with one buffer shell get --expert, the rest --default",
     )
     parser.add_argument(
         "--near",
@@ -116,35 +126,24 @@ def add_parser(subparsers):
         "--out-lammps", metavar="PATH", help="output LAMMPS data file (composite atom types)"
     )
     parser.add_argument(
+        "--out-input",
+        metavar="PATH",
+        help="output LAMMPS input script for the data file (default: print it)",
+    )
+    parser.add_argument(
         "--pair-coeff-model",
         metavar="PATH",
-        help="model path in the printed pair_coeff line (default: MODEL if it is a "
+        help="model path in the input's pair_coeff line (default: MODEL if it is a "
         ".nequip.pt2)",
     )
+    parser.add_argument(
+        "--pair-style",
+        choices=PAIR_STYLES,
+        help="pair style of the input (default: MODEL's compile target; for an uncompiled "
+        "MODEL allegro if its experts are strictly local, else nequip)",
+    )
+    add_balance_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def _read_rules_file(path):
-    """Rules and settings (``default_expert``, ``buffer_shells``, ``shell_cutoff``) of a file."""
-    with open(path) as f:
-        try:
-            config = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ValueError(f"rules file `{path}` is not valid YAML: {e}") from e
-    if isinstance(config, list):
-        return [rule_from_dict(rule) for rule in config], {}
-    if not isinstance(config, dict) or not isinstance(config.get("rules"), list):
-        raise ValueError(
-            f"rules file `{path}` must hold a list of rules or a mapping with a `rules` list"
-        )
-    unknown = sorted(set(config) - {"rules", *_FILE_SETTINGS})
-    if unknown:
-        raise ValueError(
-            f"rules file `{path}`: unknown keys {unknown}; allowed: rules, "
-            + ", ".join(_FILE_SETTINGS)
-        )
-    rules = [rule_from_dict(rule) for rule in config["rules"]]
-    return rules, {k: config[k] for k in _FILE_SETTINGS if k in config}
 
 
 def _near_rule(text, expert):
@@ -205,8 +204,23 @@ def _write_all_or_nothing(writers):
 
 def run(args):
     atoms = _read_structure(args.structure, args.index)
-    rules, settings = _read_rules_file(args.rules) if args.rules else ([], {})
-    table = read_composite_table(args.model)
+    rules, settings = read_rules_file(args.rules) if args.rules else ([], {})
+    metadata = read_metadata(args.model)
+    try:
+        table = CompositeTypeTable.from_metadata(metadata)
+    except ValueError as e:
+        raise ValueError(f"`{args.model}`: {e}") from e
+    lammps_model, pair_style = args.pair_coeff_model, exact_pair_style(metadata)
+    if is_compiled(args.model):
+        try:
+            pair_style = compiled_pair_style(metadata, args.model)
+            lammps_model = lammps_model or args.model
+        except ValueError:
+            pass  # a `--target ase` file: the input names the file to compile for LAMMPS
+    pair_style = args.pair_style or pair_style
+    cost_weights = (
+        parse_cost_weights(args.cost_weights, table.expert_names) if args.cost_weights else None
+    )
     flag_settings = {
         "default_expert": args.default_expert,
         "buffer_shells": args.buffer_shells,
@@ -214,19 +228,43 @@ def run(args):
     }
     settings.update({k: v for k, v in flag_settings.items() if v is not None})
     settings.setdefault("default_expert", table.expert_names[-1])
-    rules = rules + _flag_rules(args, atoms, args.expert or table.expert_names[0])
+    expert_of_rules = args.expert or table.expert_names[0]
+    if args.preset:
+        preset, preset_settings = preset_rules(
+            {
+                "name": args.preset,
+                "expert": expert_of_rules,
+                "default_expert": settings["default_expert"],
+            }
+        )
+        rules = preset + rules
+        for key, value in preset_settings.items():
+            settings.setdefault(key, value)
+    rules = rules + _flag_rules(args, atoms, expert_of_rules)
     if not rules:
-        raise ValueError("no region rules: give --rules, --near or --top-layers-depth")
+        raise ValueError(
+            "no region rules: give --preset, --rules, --near or --top-layers-depth"
+        )
 
     expert = assign_experts(atoms, rules, table.expert_names, **settings)
-    composite_type_indices(atoms, expert, table)  # every (species, expert) must exist
+    table.check_labels(atoms.numbers, expert)  # every (species, expert) must exist
     atoms.arrays[EXPERT_KEY] = expert
 
+    script = lammps_input(
+        lammps_model or "model.nequip.pt2",
+        table,
+        args.out_lammps or "system.data",
+        pair_style=pair_style,
+        cost_weights=cost_weights,
+        balance=args.balance,
+    )
     writers = []
     if args.out_xyz:
         writers.append((args.out_xyz, lambda p: ase.io.write(p, atoms, format="extxyz")))
     if args.out_lammps:
         writers.append((args.out_lammps, lambda p: write_lammps_data(p, atoms, expert, table)))
+    if args.out_input:
+        writers.append((args.out_input, lambda p: pathlib.Path(p).write_text(script)))
     _write_all_or_nothing(writers)
 
     print(f"{args.structure}: {len(atoms)} atoms; model types {' '.join(table.type_names)}")
@@ -241,16 +279,11 @@ def run(args):
         print(f"{name:<12}{count:>8}{fraction:>10.3f}")
     for path, _ in writers:
         print(f"wrote {path}")
-
-    model_file = args.pair_coeff_model or (args.model if is_compiled(args.model) else None)
-    print("LAMMPS input:")
-    print("  units metal\n  atom_style atomic\n  newton on")
-    if args.out_lammps:
-        print(f"  read_data {args.out_lammps}")
-    print("  pair_style allegro")
-    print("  " + pair_coeff_line(table, model_file or "model.nequip.pt2"))
-    if model_file is None:
+    if lammps_model is None:
         print(
-            "  # model.nequip.pt2: the model compiled with `nequip-compile --mode aotinductor "
-            "--target pair_allegro` (or pass --pair-coeff-model)"
+            "model.nequip.pt2 in the LAMMPS input: the model compiled with `nequip-compile "
+            f"--mode aotinductor --target pair_{pair_style}` (or pass --pair-coeff-model)"
         )
+    if not args.out_input:
+        print("LAMMPS input:")
+        print("".join(f"  {line}\n" for line in script.splitlines()), end="")

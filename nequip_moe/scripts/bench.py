@@ -1,4 +1,5 @@
-"""``nequip-moe bench``: speed-up, scaling, memory and training cost of an MoE vs its experts."""
+"""``nequip-moe bench``: speed-up, scaling, cost weights, memory and training cost of an MoE
+vs its experts, on the user's structures."""
 
 import dataclasses
 import json
@@ -7,24 +8,14 @@ import sys
 
 import torch
 
-from nequip_moe.benchmark import (
-    EXAMPLE_CONFIG,
-    MODEL_NAMES,
-    BenchOptions,
-    format_table,
-    plot_results,
-    run_benchmark,
-)
+from nequip_moe.benchmarking import MODEL_NAMES, PRESETS, BenchOptions, run_benchmark
+from nequip_moe.benchmarking.report import plot_results, summary
 
-# `--quick`: tiny slabs, two fractions, few repeats
-_QUICK = {
-    "sizes": [3, 4],
-    "layers": 4,
-    "fractions": [0.25, 1.0],
-    "repeats": 2,
-    "train_frames": 2,
-    "train_size": 2,
-}
+# the example training config, where the package is used from its source tree
+EXAMPLE_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "pt_co_moe.yaml"
+
+# `--quick`: two fractions, few repeats, small training batch
+_QUICK = {"fractions": [0.25, 1.0], "repeats": 2, "train_frames": 2}
 _MODEL_FILE_HELP = {
     "moe": "the MoE",
     "big": "its high-fidelity expert alone",
@@ -36,11 +27,19 @@ def add_parser(subparsers):
     parser = subparsers.add_parser(
         "bench",
         help="time the MoE against its big and small experts alone "
-        "(speed-up vs ideal, scaling, memory, training)",
+        "(speed-up vs ideal, scaling, cost weights, memory, training)",
         description="Times the MoE, its high-fidelity expert alone (big) and its low-fidelity "
-        "expert alone (small) on Pt(111) + CO slabs and reports the MoE speed-up t_big / t_moe "
-        "against the ideal 1 / (f + (1 - f) c), c = t_small / t_big measured at the same size. "
-        "Without model files it benchmarks the untrained architectures of --config.",
+        "expert alone (small) on the structures of --structure and reports the MoE speed-up "
+        "t_big / t_moe against the ideal 1 / (f + (1 - f) c), c = t_small / t_big measured at "
+        "the same size, and each expert's cost per atom relative to the cheapest (cost_weights, "
+        "for `nequip-moe deploy --cost-weights`). Without model files it benchmarks the "
+        "untrained architectures of --config.",
+    )
+    parser.add_argument(
+        "--structure",
+        required=True,
+        help="extxyz file of the structures to time, each frame one size (the Pt + CO "
+        "example's slabs: `python examples/pt_co/structures.py bench-slabs slabs.xyz`)",
     )
     models = parser.add_argument_group("models (default: untrained models from --config)")
     models.add_argument(
@@ -63,21 +62,19 @@ def add_parser(subparsers):
 
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument(
-        "--sizes",
+        "--supercells",
         type=int,
         nargs="+",
-        default=[6, 8, 11, 16],
-        help="slab sizes: surface atoms along each direction (default: %(default)s; with 8 "
-        "layers about 300 to 2,100 atoms; 22: 3,900)",
+        default=[1],
+        help="in-plane repeats (k, k, 1) of every frame, each one more size (default: %(default)s)",
     )
-    sweep.add_argument("--layers", type=int, default=8, help="Pt layers (default: %(default)s)")
     sweep.add_argument(
         "--fractions",
         type=float,
         nargs="+",
         default=[0.0, 0.1, 0.25, 0.5, 1.0],
-        help="target high-fidelity fractions; the highest atoms go to the big expert first, "
-        "adsorbates always (default: %(default)s)",
+        help="target high-fidelity fractions; the highest atoms (largest z) go to the big "
+        "expert first, elements the small expert lacks always (default: %(default)s)",
     )
     sweep.add_argument(
         "--repeats",
@@ -92,6 +89,33 @@ def add_parser(subparsers):
         "--quick",
         action="store_true",
         help="tiny run, overriding the sweep: " + ", ".join(f"{k} {v}" for k, v in _QUICK.items()),
+    )
+
+    preset = parser.add_argument_group("named expert sizes, timed beside the sweep")
+    preset.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="replace the experts of --config by these sizes (paper: big Allegro l_max 3, "
+        "4 layers, 128/64 features; small l_max 1, 2 layers, 32/32; both r_max 7 A)",
+    )
+    preset.add_argument(
+        "--preset-dtypes",
+        nargs="+",
+        choices=["float64", "float32"],
+        default=["float64", "float32"],
+        help="model_dtype of the preset rows (default: %(default)s)",
+    )
+    preset.add_argument(
+        "--preset-fractions",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.25, 0.5],
+        help="high-fidelity fractions of the preset rows (default: %(default)s)",
+    )
+    preset.add_argument(
+        "--preset-max-atoms",
+        type=int,
+        help="time the preset on the largest structure up to this size (default: the largest)",
     )
 
     run = parser.add_argument_group("how")
@@ -113,6 +137,12 @@ def add_parser(subparsers):
         "--no-training", dest="training", action="store_false", help="skip the training steps"
     )
     run.add_argument(
+        "--train-frames",
+        type=int,
+        default=4,
+        help="frames of the training batch: the smallest structure, rattled (default: %(default)s)",
+    )
+    run.add_argument(
         "--memory-fraction",
         type=float,
         default=0.25,
@@ -122,7 +152,7 @@ def add_parser(subparsers):
     run.add_argument(
         "--out-dir",
         default="nequip_moe_bench",
-        help="compiled models, plots and results (default: %(default)s)",
+        help="checkpoints, compiled models, plots and results (default: %(default)s)",
     )
     run.add_argument("--json", help="results file (default: OUT_DIR/bench.json)")
     run.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
@@ -134,14 +164,13 @@ def run_bench(args):
     given = [name for name, path in files.items() if path is not None]
     if given and len(given) != len(MODEL_NAMES):
         raise ValueError(f"give all of --moe --big --small or none (got only {given})")
-    if not given and not pathlib.Path(args.config).is_file():
+    if (not given or args.preset) and not pathlib.Path(args.config).is_file():
         raise FileNotFoundError(
             f"config `{args.config}` does not exist: pass --config or --moe/--big/--small"
         )
     # every option of the same name as a BenchOptions field goes straight through
     fields = {field.name for field in dataclasses.fields(BenchOptions)}
     options = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields})
-    options.config = None if given else args.config
     options.model_files = files if given else None
     if args.quick:
         options = dataclasses.replace(options, **_QUICK)
@@ -158,40 +187,5 @@ def run_bench(args):
     json_path = pathlib.Path(args.json) if args.json else out_dir / "bench.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1))
-    print_summary(results, "eager" if args.eager else "AOTInductor")
+    print(summary(results, "eager" if args.eager else "AOTInductor"))
     print(f"results: {json_path}")
-
-
-def print_summary(results, mode: str):
-    """Machine line, speed table, scaling exponents, memory and training lines."""
-    machine = results["machine"]
-    print(
-        f"{machine['date']}  {machine['device_name']} ({machine['device']}), "
-        f"{machine['torch_threads']} threads, torch {machine['versions']['torch']}, {mode}"
-    )
-    print(format_table(results["rows"]))
-    exponents = [
-        f"{label} {entry['exponent']:.2f}"
-        for label, entry in results["scaling"].items()
-        if entry["exponent"] is not None
-    ]
-    print("scaling exponents (t ~ N^b): " + ", ".join(exponents))
-    memory = results["memory"]
-    if memory is not None:
-        per_model = ", ".join(
-            f"{name} {memory[name]['call_bytes'] / 2**20:.0f} MiB" for name in MODEL_NAMES
-        )
-        print(
-            f"peak memory at N={memory['n_atoms']}: {per_model} "
-            f"(moe / big {memory['moe_over_big']:.2f})"
-        )
-    training = results["training"]
-    if training is not None and "skipped" in training:
-        print(f"training: {training['skipped']}")
-    elif training is not None:
-        print(
-            f"training step ({training['n_atoms']} atoms, {training['n_shared_atoms']} shared): "
-            f"big {training['big_step_s']:.3g} s, moe {training['moe_step_s']:.3g} s "
-            f"({training['moe_over_big']:.2f}x), moe co-training "
-            f"{training['moe_cotrain_step_s']:.3g} s ({training['moe_cotrain_over_big']:.2f}x)"
-        )

@@ -4,6 +4,14 @@ A thin wrapper over the standard commands (what ``nequip-deploy`` was before neq
 ``nequip-package build`` (for a checkpoint), then ``nequip-compile --mode aotinductor`` for
 each target asked, then the composite-type table and a ready LAMMPS input beside the model.
 Running the standard commands by hand gives the same files.
+
+Targets: ``pair_allegro`` (``pair_style allegro``, any number of MPI ranks; only for MoEs whose
+experts are all strictly local, as the model's ``moe_expert_halo_hops`` metadata declares),
+``pair_nequip`` (``pair_style nequip``, ``newton off``, one MPI rank; exact for any MoE,
+message-passing experts included) and ``ase`` (``MoECalculator``). The LAMMPS input
+(``NAME.lammps.in``, from ``nequip_moe.integrations.lammps_input``) is written for the first
+LAMMPS target asked; for ``pair_allegro`` it balances the MoE's weighted work over MPI ranks
+(``--cost-weights``, ``--balance``).
 """
 
 import os
@@ -14,10 +22,17 @@ import tempfile
 
 import yaml
 
-from nequip_moe.integrations.lammps_driver import pair_allegro_input
-from nequip_moe.integrations.model_files import read_composite_table, read_metadata
+from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.integrations.lammps_input import (
+    BALANCE_STYLES,
+    lammps_input,
+    parse_cost_weights,
+)
+from nequip_moe.integrations.lammps_locality import check_strictly_local
+from nequip_moe.integrations.model_files import read_metadata
 
-TARGETS = ("pair_allegro", "ase")
+TARGETS = ("pair_allegro", "pair_nequip", "ase")
+DEFAULT_TARGETS = ("pair_allegro", "ase")
 
 
 def add_parser(subparsers):
@@ -30,8 +45,9 @@ def add_parser(subparsers):
         "--targets",
         nargs="+",
         choices=TARGETS,
-        default=list(TARGETS),
-        help="compile targets (default: pair_allegro ase)",
+        default=list(DEFAULT_TARGETS),
+        help="compile targets (default: pair_allegro ase); pair_allegro needs strictly local "
+        "experts, pair_nequip (one MPI rank) works for any MoE",
     )
     parser.add_argument("--device", default="cpu", help="device to compile for (default: cpu)")
     parser.add_argument(
@@ -43,7 +59,25 @@ def add_parser(subparsers):
         default="system.data",
         help="LAMMPS data file the input script reads (default: system.data; write it with `nequip-moe assign`)",
     )
+    add_balance_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_balance_arguments(parser):
+    """``--cost-weights`` and ``--balance``, for the commands that write LAMMPS inputs."""
+    parser.add_argument(
+        "--cost-weights",
+        metavar="NAME=COST,...|BENCH.json",
+        help="cost per atom of each expert for MPI load balancing, e.g. big=8.3,small=1, or "
+        "the JSON of `nequip-moe bench --json` (its `cost_weights`); default: atom counts",
+    )
+    parser.add_argument(
+        "--balance",
+        choices=BALANCE_STYLES,
+        default="shift",
+        help="load balancing of a pair_style allegro input: shift (brick decomposition), rcb "
+        "(comm_style tiled) or none (default: shift)",
+    )
 
 
 def _tool(name: str) -> str:
@@ -72,7 +106,16 @@ def run(args):
         raise FileNotFoundError(f"model file `{model}` does not exist")
     if str(model).endswith(".nequip.pt2"):
         raise ValueError(f"`{model}` is already compiled: deploy a checkpoint or a package")
-    table = read_composite_table(model)
+    metadata = read_metadata(model)
+    try:
+        table = CompositeTypeTable.from_metadata(metadata)
+    except ValueError as e:
+        raise ValueError(f"`{model}`: {e}") from e
+    if "pair_allegro" in args.targets:
+        check_strictly_local(metadata, model.name, "--targets pair_allegro (pair_style allegro)")
+    cost_weights = (
+        parse_cost_weights(args.cost_weights, table.expert_names) if args.cost_weights else None
+    )
     out_dir = (args.out_dir or model.parent).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     name = args.name or model.name.split(".")[0]
@@ -101,27 +144,32 @@ def run(args):
             )
             compiled[target] = _replace(out, out_dir / out.name)
 
-        metadata = read_metadata(package)
         types_file = work / f"{name}.types.yaml"
         types_file.write_text(
             yaml.safe_dump(
                 {
                     "type_names": table.type_names,
                     "experts": table.expert_names,
-                    "composite_types": {
-                        t: {"element": e, "expert": x}
-                        for t, e, x in zip(table.type_names, table.elements, table.experts)
-                    },
+                    "composite_types": table.to_config(),
                     "r_max": float(metadata["r_max"]),
                 },
                 sort_keys=False,
             )
         )
         _replace(types_file, out_dir / types_file.name)
-        if "pair_allegro" in compiled:
+        lammps_targets = [t for t in args.targets if t in ("pair_allegro", "pair_nequip")]
+        if lammps_targets:
+            target = lammps_targets[0]
             script = work / f"{name}.lammps.in"
             script.write_text(
-                pair_allegro_input(compiled["pair_allegro"].name, table.type_names, args.data_file)
+                lammps_input(
+                    compiled[target].name,
+                    table,
+                    args.data_file,
+                    pair_style=target.split("_")[1],
+                    cost_weights=cost_weights,
+                    balance=args.balance,
+                )
             )
             _replace(script, out_dir / script.name)
     print(f"composite types: {table.describe()}")

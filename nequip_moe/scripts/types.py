@@ -1,6 +1,6 @@
 """``nequip-moe types MODEL``: print the composite-type table of a model file."""
 
-from nequip_moe.integrations.model_files import read_composite_table, read_metadata
+from nequip_moe.integrations.model_files import read_metadata, table_from_metadata
 
 
 def add_parser(subparsers):
@@ -13,8 +13,8 @@ def add_parser(subparsers):
 
 
 def run(args):
-    table = read_composite_table(args.model)
     metadata = read_metadata(args.model)
+    table = table_from_metadata(metadata, f"`{args.model}`")
     r_max = dict(zip(table.expert_names, metadata.get("moe_expert_r_max", "").split()))
     print(f"{'type':<16}{'element':<10}{'expert':<12}")
     for name, element, expert in zip(table.type_names, table.elements, table.experts):

@@ -3,8 +3,8 @@
 These are metric *fields* for nequip's ``MetricsManager`` (usable in the ``extra_metrics`` of
 ``EnergyForceStressLoss`` and friends, and in validation/test metrics). They read the
 per-expert outputs an MoE model produces when its input carries the per-atom ``shared`` mark
-(see :class:`~nequip_moe.nn.MixtureOfExpertsEnergy`). Pair them with :class:`AgreementMSE` or
-:class:`AgreementMAE`, which give a zero term (not NaN) for a batch without shared atoms.
+(see :class:`~nequip_moe.nn.MixtureOfExpertsEnergy`). Pair them with :class:`EmptySafeMSE` or
+:class:`EmptySafeMAE`, which give a zero term (not NaN) for a batch without shared atoms.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -172,9 +172,10 @@ class _EmptyIsZero:
         return torch.where(self.count > 0, self.sum / count, torch.zeros_like(self.sum / count))
 
 
-class AgreementMSE(_EmptyIsZero, MeanSquaredError):
-    """Mean squared error that is zero when there is nothing to compare."""
+class EmptySafeMSE(_EmptyIsZero, MeanSquaredError):
+    """Mean squared error that is zero (not NaN) when there is nothing to compare, e.g. an
+    agreement or per-expert data term on a batch without shared atoms."""
 
 
-class AgreementMAE(_EmptyIsZero, MeanAbsoluteError):
-    """Mean absolute error that is zero when there is nothing to compare."""
+class EmptySafeMAE(_EmptyIsZero, MeanAbsoluteError):
+    """Mean absolute error that is zero (not NaN) when there is nothing to compare."""

@@ -1,0 +1,286 @@
+"""The benchmark run: models prepared once, then speed rows, scaling, cost weights, memory,
+training steps and the preset rows, as one JSON-ready dictionary."""
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import platform
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+import ase
+from ase.io import read
+
+from nequip_moe.benchmarking.memory import memory_section
+from nequip_moe.benchmarking.models import (
+    MODEL_NAMES,
+    BenchModel,
+    compile_model,
+    load_bench_model,
+)
+from nequip_moe.benchmarking.speed import cost_weights, scaling_from_rows, speed_rows
+from nequip_moe.benchmarking.training import training_section
+from nequip_moe.benchmarking.untrained import untrained_checkpoints
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    """What to benchmark and how.
+
+    Args:
+        structure: extxyz file of the structures to time (each frame is one size)
+        supercells: in-plane repeats ``(k, k, 1)`` of every frame, each one more size
+        config: MoE training config whose untrained models are benchmarked (unless ``model_files``)
+        model_files: ``{moe, big, small}`` -> compiled file, package or checkpoint
+        hf_expert: the MoE's high-fidelity expert (default: its first expert)
+        model_dtype: overrides the config's ``model_dtype``
+        fractions: target high-fidelity fractions (highest atoms first)
+        repeats: timed calls per model and structure (median reported)
+        warmup: untimed calls before timing
+        device: ``cpu`` or ``cuda``
+        eager: time eager models instead of AOTInductor-compiled ones
+        memory: measure peak memory at the largest size
+        memory_fraction: high-fidelity fraction of the memory and training measurements
+        training: time training steps (needs checkpoints: a config or ``.ckpt`` model files)
+        train_frames: frames in the training batch (copies of the smallest structure, rattled)
+        preset: named expert sizes (``PRESETS``) timed beside the sweep, built from ``config``
+        preset_dtypes: ``model_dtype`` s of the preset rows
+        preset_fractions: target high-fidelity fractions of the preset rows
+        preset_max_atoms: the preset rows use the largest structure up to this size (default: the largest)
+        out_dir: where checkpoints and compiled models go
+    """
+
+    structure: Optional[str] = None
+    supercells: Sequence[int] = (1,)
+    config: Optional[str] = None
+    model_files: Optional[Dict[str, str]] = None
+    hf_expert: Optional[str] = None
+    model_dtype: Optional[str] = None
+    fractions: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0)
+    repeats: int = 5
+    warmup: int = 1
+    device: str = "cpu"
+    eager: bool = False
+    memory: bool = True
+    memory_fraction: float = 0.25
+    training: bool = True
+    train_frames: int = 4
+    preset: Optional[str] = None
+    preset_dtypes: Sequence[str] = ("float64", "float32")
+    preset_fractions: Sequence[float] = (0.1, 0.25, 0.5)
+    preset_max_atoms: Optional[int] = None
+    out_dir: str = "nequip_moe_bench"
+
+
+def read_structures(path, supercells: Sequence[int] = (1,)) -> List[ase.Atoms]:
+    """Every frame of an extxyz file, repeated ``(k, k, 1)`` for each ``k``, smallest first.
+
+    Args:
+        path: extxyz file
+        supercells: in-plane repeats
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"structure file `{path}` does not exist")
+    try:
+        frames = read(path, index=":")
+    except Exception as e:
+        raise ValueError(f"cannot read `{path}` as extxyz: {e}") from e
+    if any(k < 1 for k in supercells):
+        raise ValueError(f"supercells must be positive integers, got {list(supercells)}")
+    structures = []
+    for atoms in frames:
+        for k in supercells:
+            big = atoms.repeat((k, k, 1))
+            big.info = {**atoms.info, "source": str(path), "supercell": [k, k, 1]}
+            structures.append(big)
+    return sorted(structures, key=len)
+
+
+def machine_info(device: torch.device) -> Dict:
+    """Date, host, CPU or GPU, threads, load average and versions."""
+    import allegro
+    import nequip
+
+    from nequip_moe import __version__
+
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "nequip": nequip.__version__,
+            "nequip-allegro": allegro.__version__,
+            "nequip-moe": __version__,
+            "ase": ase.__version__,
+            "numpy": np.__version__,
+        },
+    }
+
+
+def prepare_models(
+    files: Dict[str, str],
+    eager: bool,
+    out_dir,
+    device: torch.device,
+    hf_expert: Optional[str],
+    log: Callable[[str], None],
+) -> Dict[str, BenchModel]:
+    """The timed models: compiled files as they are; checkpoints and packages compiled once
+    each with ``nequip-compile`` into ``out_dir``, unless ``eager``."""
+    models = {}
+    for name in MODEL_NAMES:
+        path = files[name]
+        if not eager and not str(path).endswith(".nequip.pt2"):
+            out = pathlib.Path(out_dir) / f"{name}.nequip.pt2"
+            log(f"nequip-compile {name} (AOTInductor, {device}) -> {out}")
+            start = time.perf_counter()
+            path = compile_model(path, out, device)
+            log(f"  compiled {name} in {time.perf_counter() - start:.0f} s")
+        models[name] = load_bench_model(name, path, device, hf_expert)
+    return models
+
+
+def sweep(
+    models: Dict[str, BenchModel],
+    structures: Sequence[ase.Atoms],
+    fractions: Sequence[float],
+    options: BenchOptions,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> List[Dict]:
+    """Speed rows of every structure at every fraction."""
+    rows = []
+    for atoms in structures:
+        start = time.perf_counter()
+        new = speed_rows(models, atoms, fractions, options.repeats, options.warmup, device)
+        rows.extend(new)
+        moe_times = ", ".join(f"moe f={r['hf_fraction']:.2f} {r['t_moe_s']:.3g} s" for r in new)
+        log(
+            f"N={len(atoms)}: big {new[0]['t_big_s']:.3g} s, small {new[0]['t_small_s']:.3g} s, "
+            f"{moe_times} ({time.perf_counter() - start:.0f} s)"
+        )
+    return rows
+
+
+def model_files(options: BenchOptions, example: ase.Atoms) -> Dict[str, str]:
+    """The user's model files, or checkpoints of the config's untrained models."""
+    if options.model_files is not None:
+        return {name: str(options.model_files[name]) for name in MODEL_NAMES}
+    return untrained_checkpoints(
+        options.config, example, options.out_dir, options.model_dtype, options.hf_expert
+    )
+
+
+def preset_section(
+    options: BenchOptions, structures: List[ase.Atoms], device, log
+) -> Dict:
+    """Speed rows and cost weights of the preset experts, for each ``preset_dtypes``."""
+    fits = [a for a in structures if options.preset_max_atoms is None
+            or len(a) <= options.preset_max_atoms]
+    if not fits:
+        raise ValueError(f"no structure has at most --preset-max-atoms {options.preset_max_atoms} atoms")
+    atoms = fits[-1]
+    section = {"n_atoms": len(atoms)}
+    for dtype in options.preset_dtypes:
+        out_dir = pathlib.Path(options.out_dir) / f"preset_{options.preset}_{dtype}"
+        log(f"preset {options.preset} {dtype}: {len(atoms)} atoms")
+        files = untrained_checkpoints(
+            options.config, structures[0], out_dir, dtype, options.hf_expert, options.preset
+        )
+        start = time.perf_counter()
+        models = prepare_models(files, options.eager, out_dir, device, options.hf_expert, log)
+        prepare_s = time.perf_counter() - start
+        rows = sweep(models, [atoms], options.preset_fractions, options, device, log)
+        section[dtype] = {
+            "rows": rows,
+            "cost_weights": cost_weights(rows, models["moe"].experts),
+            "prepare_s": prepare_s,
+        }
+    return section
+
+
+def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> Dict:
+    """Run the speed, scaling, memory, training and preset benchmarks; returns the results.
+
+    Args:
+        options: what to run
+        log: progress messages
+    """
+    from nequip.utils.global_state import set_global_state
+
+    device = torch.device(options.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available")
+    if options.structure is None:
+        raise ValueError("no structure: pass an extxyz file (--structure)")
+    if options.model_files is None and options.config is None:
+        raise ValueError("give a training config or the three model files")
+    if options.preset is not None and options.config is None:
+        raise ValueError(f"--preset {options.preset} builds its models from a training config")
+    set_global_state(allow_tf32=False)
+    results = {"machine": machine_info(device), "options": dataclasses.asdict(options)}
+    structures = read_structures(options.structure, options.supercells)
+    out_dir = pathlib.Path(options.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    files = model_files(options, structures[0])
+    models = prepare_models(files, options.eager, out_dir, device, options.hf_expert, log)
+    rows = sweep(models, structures, options.fractions, options, device, log)
+    results["rows"] = rows
+    results["scaling"] = scaling_from_rows(rows)
+    results["cost_weights"] = cost_weights(rows, models["moe"].experts)
+
+    results["memory"] = None
+    if options.memory:
+        log(f"peak memory at {len(structures[-1])} atoms (one subprocess per model)")
+        results["memory"] = memory_section(models, structures[-1], options.memory_fraction, device)
+
+    results["training"] = None
+    if options.training:
+        checkpoints = {n: files[n] for n in ("moe", "big") if files[n].endswith(".ckpt")}
+        if len(checkpoints) < 2:
+            results["training"] = {
+                "skipped": "training steps need nequip checkpoints of the MoE and the big "
+                "expert (a config or .ckpt model files), not packages or compiled files"
+            }
+        else:
+            log("training steps (nequip training module, eager)")
+            eager = {n: load_bench_model(n, checkpoints[n], device, options.hf_expert)
+                     for n in checkpoints}
+            rng = np.random.default_rng(0)
+            frames = []
+            for _ in range(options.train_frames):
+                atoms = structures[0].copy()
+                atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+                frames.append(atoms)
+            results["training"] = training_section(
+                checkpoints, eager, frames, options.memory_fraction, options.repeats,
+                options.warmup, device,
+            )
+
+    results["presets"] = None
+    if options.preset is not None:
+        results["presets"] = {options.preset: preset_section(options, structures, device, log)}
+    results["machine"]["load_average_end"] = (
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    )
+    return results

@@ -1,0 +1,134 @@
+"""A smooth, strictly local per-atom gate between a high- and a low-fidelity expert."""
+
+from typing import Optional, Sequence
+
+import torch
+
+from nequip.data import AtomicDataDict
+from nequip.nn import GraphModuleMixin, with_edge_vectors_
+
+GATE_KEY = "moe_gate"
+
+
+def smooth_step(x: torch.Tensor) -> torch.Tensor:
+    """0 for ``x <= 0``, 1 for ``x >= 1``, the quintic ``6x^5 - 15x^4 + 10x^3`` in between (C2)."""
+    x = x.clamp(0.0, 1.0)
+    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+
+
+class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
+    """Per-atom gate ``g_i`` in [0, 1] (``moe_gate``): 1 where the high-fidelity expert is needed.
+
+    Computed only from the edges centred on ``i`` (neighbour types and distances), so a model
+    using it stays strictly local. Adsorbate atoms always get ``g = 1``. A host atom ``i`` gets
+    ``g_i = 1 - (1 - a_i)(1 - c_i)`` (a smooth "or") of
+
+    - adsorbate contact ``a_i = S(n_i)``, where ``n_i = sum_j s(r_ij)`` runs over adsorbate
+      neighbours with the switching function ``s`` going from 1 at ``adsorbate_r_on`` to 0 at
+      ``adsorbate_r_off``: one bonded adsorbate saturates it;
+    - coordination deficit ``c_i = S((Z - z_i - deficit_on) / (deficit_full - deficit_on))``,
+      where ``z_i = sum_j s(r_ij)`` runs over host neighbours (switching from
+      ``coordination_r_on`` to ``coordination_r_off``, between the first and second shell) and
+      ``Z = bulk_coordination``: surfaces, steps, vertices and vacancy neighbours.
+
+    ``S`` is the C2 quintic ``smooth_step`` and ``s(r) = 1 - S((r - r_on) / (r_off - r_on))``,
+    so ``g`` is twice continuously differentiable in the positions. The graph's edges must reach
+    ``max(adsorbate_r_off, coordination_r_off)`` for every pair of types involved.
+
+    Args:
+        type_names (Sequence[str]): the model's type names (element names)
+        adsorbates (Sequence[str]): adsorbate type names (default ``C``, ``O``)
+        hosts (Sequence[str]): host type names whose coordination is counted (default: every type that is not an adsorbate)
+        adsorbate_r_on (float): adsorbate neighbours closer than this count fully (default ``2.5`` Å; Pt-C 1.85-2.1 Å)
+        adsorbate_r_off (float): adsorbate neighbours beyond this do not count (default ``3.0`` Å)
+        coordination_r_on (float): host neighbours closer than this count fully (default ``3.1`` Å; Pt: first shell 2.77 Å)
+        coordination_r_off (float): host neighbours beyond this do not count (default ``3.5`` Å; Pt: second shell 3.92 Å)
+        bulk_coordination (float): host neighbours of a bulk host atom (default ``12``, fcc)
+        deficit_on (float): missing neighbours below which ``c = 0`` (default ``0.25``, thermal noise)
+        deficit_full (float): missing neighbours from which ``c = 1`` (default ``1.0``: a vacancy neighbour)
+    """
+
+    def __init__(
+        self,
+        type_names: Sequence[str],
+        adsorbates: Sequence[str] = ("C", "O"),
+        hosts: Optional[Sequence[str]] = None,
+        adsorbate_r_on: float = 2.5,
+        adsorbate_r_off: float = 3.0,
+        coordination_r_on: float = 3.1,
+        coordination_r_off: float = 3.5,
+        bulk_coordination: float = 12.0,
+        deficit_on: float = 0.25,
+        deficit_full: float = 1.0,
+        irreps_in=None,
+    ):
+        super().__init__()
+        type_names = [str(t) for t in type_names]
+        adsorbates = [str(t) for t in adsorbates]
+        hosts = [t for t in type_names if t not in adsorbates] if hosts is None else list(hosts)
+        for role, names in (("adsorbates", adsorbates), ("hosts", hosts)):
+            unknown = [t for t in names if t not in type_names]
+            if unknown:
+                raise ValueError(
+                    f"gate {role} {unknown} are not among the model's type names {type_names}"
+                )
+        both = sorted(set(adsorbates) & set(hosts))
+        if both:
+            raise ValueError(f"gate types {both} cannot be both adsorbates and hosts")
+        for name, (r_on, r_off) in {
+            "adsorbate": (adsorbate_r_on, adsorbate_r_off),
+            "coordination": (coordination_r_on, coordination_r_off),
+        }.items():
+            if not 0 < r_on < r_off:
+                raise ValueError(
+                    f"gate needs 0 < {name}_r_on < {name}_r_off, got {r_on} and {r_off}"
+                )
+        if not 0 <= deficit_on < deficit_full:
+            raise ValueError(
+                f"gate needs 0 <= deficit_on < deficit_full, got {deficit_on} and {deficit_full}"
+            )
+        self.adsorbate_r_on = float(adsorbate_r_on)
+        self.adsorbate_r_off = float(adsorbate_r_off)
+        self.coordination_r_on = float(coordination_r_on)
+        self.coordination_r_off = float(coordination_r_off)
+        self.bulk_coordination = float(bulk_coordination)
+        self.deficit_on = float(deficit_on)
+        self.deficit_full = float(deficit_full)
+        self.register_buffer(
+            "is_adsorbate", torch.tensor([t in adsorbates for t in type_names], dtype=torch.bool)
+        )
+        self.register_buffer(
+            "is_host", torch.tensor([t in hosts for t in type_names], dtype=torch.bool)
+        )
+        self._init_irreps(irreps_in=irreps_in, irreps_out={GATE_KEY: "1x0e"})
+
+    def _switch(self, r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
+        return 1.0 - smooth_step((r - r_on) / (r_off - r_on))
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        data = with_edge_vectors_(data, with_lengths=True)
+        centre, neighbour = data[AtomicDataDict.EDGE_INDEX_KEY]
+        length = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1)
+        atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+        num_atoms = atom_types.numel()
+        neighbour_types = atom_types[neighbour]
+
+        adsorbate_weight = self._switch(
+            length, self.adsorbate_r_on, self.adsorbate_r_off
+        ) * self.is_adsorbate[neighbour_types].to(length.dtype)
+        host_weight = self._switch(
+            length, self.coordination_r_on, self.coordination_r_off
+        ) * self.is_host[neighbour_types].to(length.dtype)
+        zeros = torch.zeros(num_atoms, dtype=length.dtype, device=length.device)
+        adsorbate_count = zeros.index_add(0, centre, adsorbate_weight)
+        coordination = zeros.index_add(0, centre, host_weight)
+
+        contact = smooth_step(adsorbate_count)
+        deficit = smooth_step(
+            (self.bulk_coordination - coordination - self.deficit_on)
+            / (self.deficit_full - self.deficit_on)
+        )
+        gate = 1.0 - (1.0 - contact) * (1.0 - deficit)
+        gate = torch.where(self.is_adsorbate[atom_types], torch.ones_like(gate), gate)
+        data[GATE_KEY] = gate.view(-1, 1)
+        return data
