@@ -483,8 +483,9 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                     "MoE cannot be exported for inputs without `cell`/`edge_cell_shift` "
                     "(`nequip-compile --target pair_allegro`): LAMMPS `pair_style allegro` "
                     "gives the model edges centred on local atoms only and would silently "
-                    "give wrong energies and forces. Compile with `--target ase` (ASE "
-                    "calculator, whole structures) instead, or, if the expert is in fact "
+                    "give wrong energies and forces. Compile with `--target pair_nequip` "
+                    "(LAMMPS `pair_style nequip`: the whole periodic system, one rank) or "
+                    "`--target ase` (ASE calculator) instead, or, if the expert is in fact "
                     "strictly local, declare it with the MoEModel option "
                     f"`expert_locality: {{{name}: local}}` and rebuild"
                 )
