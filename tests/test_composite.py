@@ -11,13 +11,8 @@ from nequip.data import from_ase
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.data import CompositeTypeMapper
 
-# C and O only with the big expert; Pt with both (types in model order)
-TABLE = CompositeTypeTable(
-    type_names=["C", "O", "Pt", "Pt_small"],
-    elements=["C", "O", "Pt", "Pt"],
-    experts=["big", "big", "big", "small"],
-    expert_names=["big", "small"],
-)
+from test_assign_cli import TABLE  # C and O only with the big expert, Pt with both
+
 C, O, PT = 6, 8, 78
 
 

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import torch
 
 from nequip.data import AtomicDataDict
-from nequip.nn import GraphModuleMixin, with_edge_vectors_
+from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
 
 GATE_KEY = "moe_gate"
 
@@ -119,9 +119,9 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
         host_weight = self._switch(
             length, self.coordination_r_on, self.coordination_r_off
         ) * self.is_host[neighbour_types].to(length.dtype)
-        zeros = torch.zeros(num_atoms, dtype=length.dtype, device=length.device)
-        adsorbate_count = zeros.index_add(0, centre, adsorbate_weight)
-        coordination = zeros.index_add(0, centre, host_weight)
+        adsorbate_count, coordination = scatter(
+            torch.stack([adsorbate_weight, host_weight], dim=-1), centre, dim=0, dim_size=num_atoms
+        ).unbind(-1)
 
         contact = smooth_step(adsorbate_count)
         deficit = smooth_step(
