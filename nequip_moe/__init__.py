@@ -1,7 +1,7 @@
 """nequip-moe: multi-fidelity Mixture-of-Experts potentials for the NequIP framework.
 
 Imported by nequip at start-up through the ``nequip.extension`` entry point; it registers the
-expert-label fields.
+expert-label and gate fields.
 """
 
 from nequip.data import register_fields
@@ -10,6 +10,7 @@ from ._keys import (
     EXPERT_KEY,
     ATOM_EXPERT_KEY,
     SHARED_KEY,
+    GATE_KEY,
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
@@ -21,6 +22,7 @@ register_fields(
         EXPERT_KEY,
         ATOM_EXPERT_KEY,
         SHARED_KEY,
+        GATE_KEY,
         EXPERT_ATOMIC_ENERGY_KEY,
         EXPERT_FORCES_KEY,
     ],

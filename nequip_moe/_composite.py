@@ -27,7 +27,12 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from nequip_moe._keys import EXPERT_NAMES_KEY, TYPE_ELEMENTS_KEY, TYPE_EXPERTS_KEY
+from nequip_moe._keys import (
+    EXPERT_NAMES_KEY,
+    GATE_MODEL_KEY,
+    TYPE_ELEMENTS_KEY,
+    TYPE_EXPERTS_KEY,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +112,12 @@ class CompositeTypeTable:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str]) -> "CompositeTypeTable":
         """Read the table back from model metadata (compiled, packaged or checkpoint model)."""
+        if GATE_MODEL_KEY in metadata:
+            raise ValueError(
+                f"this MoE is gated ({metadata[GATE_MODEL_KEY]}): its type names are plain "
+                f"elements ({metadata.get('type_names', '?')}) and it takes no expert labels "
+                "or composite types (LAMMPS: `pair_coeff * * MODEL` with element names)"
+            )
         if TYPE_ELEMENTS_KEY not in metadata:
             raise ValueError(
                 "this model has no composite-type table in its metadata: "

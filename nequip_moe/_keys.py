@@ -4,6 +4,7 @@
 - ``ATOM_EXPERT_KEY``: the model's per-atom record of which expert produced each energy.
 - ``SHARED_KEY``: per-atom 0/1 mark of *shared* environments, where all experts must agree.
   When present in a model input, the model also evaluates every expert there (co-training).
+- ``GATE_KEY``: per-atom gate ``g`` in [0, 1] of a gated MoE (weight of the high-fidelity expert).
 - ``EXPERT_ATOMIC_ENERGY_KEY`` ``[num_atoms, num_experts]``, ``EXPERT_FORCES_KEY``
   ``[num_atoms, num_experts, 3]``: each expert's per-atom energy and whole-frame force on the
   shared atoms (zero elsewhere). ``EXPERT_TOTAL_ENERGY_KEY`` ``[num_frames, num_experts]``:
@@ -17,6 +18,7 @@ from typing import Final
 EXPERT_KEY: Final[str] = "expert"
 ATOM_EXPERT_KEY: Final[str] = "atomic_expert"
 SHARED_KEY: Final[str] = "shared"
+GATE_KEY: Final[str] = "moe_gate"
 EXPERT_ATOMIC_ENERGY_KEY: Final[str] = "expert_atomic_energy"
 EXPERT_FORCES_KEY: Final[str] = "expert_forces"
 EXPERT_TOTAL_ENERGY_KEY: Final[str] = "expert_total_energy"
@@ -31,3 +33,6 @@ TYPE_ELEMENTS_KEY: Final[str] = "moe_type_elements"
 TYPE_EXPERTS_KEY: Final[str] = "moe_type_experts"
 EXPERT_R_MAX_KEY: Final[str] = "moe_expert_r_max"
 EXPERT_HALO_HOPS_KEY: Final[str] = "moe_expert_halo_hops"
+# Gated MoEs (plain element type names, no composite-type table) carry the gate's class name
+# under `moe_gate_model` instead of `moe_type_elements` / `moe_type_experts`.
+GATE_MODEL_KEY: Final[str] = "moe_gate_model"

@@ -3,7 +3,9 @@
 nequip's ``NequIPCalculator`` maps each chemical species to one model type, which cannot say
 which expert an atom belongs to. ``MoECalculator`` reuses it (loading, neighbour list, device
 handling, results) and only replaces the typing: every atom's composite type comes from its
-species and its expert label (``CompositeTypeTable.type_index``).
+species and its expert label (``CompositeTypeTable.type_index``). Gated MoEs have plain element
+type names and need no labels: the calculator types them by species alone (as nequip's own
+calculator would).
 """
 
 import pathlib
@@ -20,7 +22,7 @@ from nequip.nn.compile import DictInputOutputWrapper
 from nequip.utils.aoti_metadata import NEQUIP_AOTI_OUTPUTS_KEY
 
 from nequip_moe._composite import CompositeTypeTable
-from nequip_moe._keys import EXPERT_KEY
+from nequip_moe._keys import EXPERT_KEY, GATE_MODEL_KEY
 from nequip_moe.integrations.model_files import (
     _check_exists,
     compiled_input_fields,
@@ -37,12 +39,14 @@ LabelRule = Callable[[Atoms], np.ndarray]
 class MoECalculator(NequIPCalculator):
     """ASE calculator for nequip-moe Mixture-of-Experts models.
 
-    Each atom's expert label ``k`` (meaning ``expert_names[k]`` of the model) comes from
+    Static regions: each atom's expert label ``k`` (meaning ``expert_names[k]`` of the model) comes from
     ``label_rule(atoms)`` if given, else from the per-atom array ``atoms.arrays["expert"]``,
     else every atom gets ``default_expert`` (the composite-type table's rule: the first
     expert, label 0, unless another is named). The label
     rule is evaluated at every calculation: for dynamics with fixed regions store the labels
     in ``atoms.arrays["expert"]`` instead. Changing that array invalidates cached results.
+    Gated MoEs (metadata ``moe_gate_model``): atoms are typed by species alone; labels are
+    neither needed nor read.
 
     Results: ``energy``, ``free_energy``, ``energies`` (per atom), ``forces`` and ``stress``.
 
@@ -52,7 +56,7 @@ class MoECalculator(NequIPCalculator):
     Args:
         model: a nequip-moe model in eval mode
         device (str/torch.device): device for model to evaluate on, e.g. ``cpu`` or ``cuda``
-        composite_table (CompositeTypeTable): the model's composite-type table (default: read from the model's metadata, which saved and compiled models carry)
+        composite_table (CompositeTypeTable): the model's composite-type table (default: read from the model's metadata, which saved and compiled models carry; ``None`` for a gated MoE)
         label_rule (Callable): optional ``labels = label_rule(atoms)`` giving one integer expert label per atom
         default_expert (str or int): expert (name or label) of atoms without labels (default: ``composite_table.default_expert``, the first expert)
         transforms (List[Callable]): data transforms after typing, e.g. the neighbour list; a ``ChemicalSpeciesToAtomTypeMapper`` among them is replaced by the composite typing
@@ -126,11 +130,18 @@ class MoECalculator(NequIPCalculator):
         transforms=(),
         **kwargs,
     ):
+        # gated MoE: plain element type names, typed by species
+        self.element_type_names: Optional[list] = None
         if composite_table is None:
-            composite_table = table_from_metadata(_model_metadata(model), "model")
+            metadata = _model_metadata(model)
+            if GATE_MODEL_KEY in metadata:
+                self.element_type_names = metadata["type_names"].split()
+            else:
+                composite_table = table_from_metadata(metadata, "model")
         self.composite_table = composite_table
         self.label_rule = label_rule
-        self.default_expert = composite_table.expert_label(default_expert)
+        if composite_table is not None:
+            self.default_expert = composite_table.expert_label(default_expert)
         # the composite typing replaces nequip's species typing (see `atoms_to_data`)
         transforms = [
             t for t in transforms if not isinstance(t, ChemicalSpeciesToAtomTypeMapper)
@@ -155,11 +166,26 @@ class MoECalculator(NequIPCalculator):
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from e
 
+    def atom_types(self, atoms: Atoms) -> np.ndarray:
+        """Model type index of every atom: by species and expert label, or by species alone
+        for a gated MoE.
+
+        Args:
+            atoms: the structure
+        """
+        if self.composite_table is not None:
+            return self.composite_table.type_index(atoms.numbers, self.expert_labels(atoms))
+        symbols = atoms.get_chemical_symbols()
+        unknown = sorted(set(symbols) - set(self.element_type_names))
+        if unknown:
+            raise ValueError(
+                f"species {unknown} are not among the gated MoE's types {self.element_type_names}"
+            )
+        return np.array([self.element_type_names.index(s) for s in symbols], dtype=np.int64)
+
     def atoms_to_data(self, atoms: Atoms) -> AtomicDataDict.Type:
         data = from_ase(atoms)
-        data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(
-            self.composite_table.type_index(atoms.numbers, self.expert_labels(atoms))
-        )
+        data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(self.atom_types(atoms))
         on_device = self._transforms_run_on_device()
         if on_device:
             data = AtomicDataDict.to_(data, self.device)

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import yaml
+from ase.data import atomic_numbers
 from hydra.utils import get_method
 
 from nequip.data import AtomicDataDict
@@ -42,20 +43,30 @@ _LOCALITY_WORDS = {"local": 0, "all": ALL_EDGES}
 def MoEModel(
     r_max: float,
     type_names: Sequence[str],
-    composite_types: Dict[str, Dict[str, str]],
     experts: Dict[str, Dict],
+    composite_types: Optional[Dict[str, Dict[str, str]]] = None,
+    gate: Optional[Dict] = None,
     per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
     expert_locality: Optional[Dict[str, Union[str, int]]] = None,
     dense: bool = False,
     frozen_experts: Sequence[str] = (),
     do_derivatives: bool = True,
 ):
-    """Spatial Mixture-of-Experts potential: each atom's energy comes from its own expert.
+    """Spatial Mixture-of-Experts potential: each atom's energy comes from its expert(s).
 
-    The model's ``type_names`` are composite types, each meaning an (element, expert) pair
-    given by ``composite_types``. Every expert is an ordinary nequip model builder config,
-    built on the element names (energy only); forces, virial and stress come from one
-    autograd pass over the summed energy, so dynamics conserve energy exactly.
+    Regions are either static or gated:
+
+    - *static*: the model's ``type_names`` are composite types, each meaning an (element,
+      expert) pair given by ``composite_types``; an atom's energy is its own expert's;
+    - *gated* (``gate``): the ``type_names`` are plain element names and a smooth, strictly
+      local gate ``g_i`` (e.g. ``nequip_moe.nn.AdsorbateCoordinationGate``) computed from atom
+      ``i``'s own neighbourhood weighs two experts, high-fidelity first:
+      ``e_i = g_i e_i^big + (1 - g_i) e_i^small``. No labels to prepare: the regions follow the
+      chemistry during dynamics, and each expert runs only where its weight is non-zero.
+
+    Every expert is an ordinary nequip model builder config, built on the element names
+    (energy only); forces, virial and stress come from one autograd pass over the summed
+    energy (through the gate as well), so dynamics conserve energy exactly.
 
     Each expert's receptive field decides which edges it is routed and where the model can
     run: ``local`` (an atom's energy depends only on the edges centred on it; exact in LAMMPS
@@ -78,9 +89,10 @@ def MoEModel(
         seed (int): seed for reproducibility
         model_dtype (str): ``float32`` or ``float64``
         r_max (float): neighbour-list cutoff, at least every expert's ``r_max``; experts without ``r_max`` inherit it
-        type_names (Sequence[str]): composite type names, e.g. ``[C, O, Pt, Pt_small]``
-        composite_types (Dict[str, Dict[str, str]]): for every composite type, ``{element: ..., expert: ...}``
+        type_names (Sequence[str]): composite type names, e.g. ``[C, O, Pt, Pt_small]`` (static), or element names, e.g. ``[C, O, Pt]`` (gated)
         experts (Dict[str, Dict]): expert name -> model builder config with ``_target_`` (e.g. ``allegro.model.AllegroModel``); the order of this mapping is the expert-label order; expert configs may set ``type_names`` (element names covering all elements, in any order), ``r_max`` and ``per_edge_type_cutoff`` (over element names)
+        composite_types (Dict[str, Dict[str, str]]): static regions: for every composite type, ``{element: ..., expert: ...}`` (default ``None``: needs ``gate``)
+        gate (Dict): gated regions: the gate module's config with ``_target_`` (its ``type_names`` default to the model's), e.g. ``{_target_: nequip_moe.nn.AdsorbateCoordinationGate}`` (default ``None``: static regions)
         per_edge_type_cutoff (Dict): neighbour-list cutoffs over composite type names for the metadata, at least what the experts need (default: exactly what they need)
         expert_locality (Dict[str, Union[str, int]]): expert name -> ``local``, number of message-passing halo shells, or ``all``, for experts whose receptive field is not known from their builder (default: none declared)
         dense (bool): every expert evaluates every edge (masked per atom) instead of only its own; numerically identical and compile-friendly, used automatically under ``compile_mode: compile`` (default ``False``)
@@ -90,15 +102,31 @@ def MoEModel(
     type_names = [str(t) for t in type_names]
     if len(experts) == 0:
         raise ValueError("`experts` is empty: an MoE model needs at least one expert")
-    table = CompositeTypeTable.from_config(type_names, composite_types, list(experts))
-    unused = [e for e in table.expert_names if e not in table.experts]
-    if unused:
+    if (composite_types is None) == (gate is None):
         raise ValueError(
-            f"experts {unused} own no composite type; composite types: {table.describe()}"
+            "an MoE model needs exactly one of `composite_types` (static regions: composite "
+            "type names such as Pt / Pt_small) and `gate` (gated regions: plain element names)"
         )
+    if gate is None:
+        table = CompositeTypeTable.from_config(type_names, composite_types, list(experts))
+        unused = [e for e in table.expert_names if e not in table.experts]
+        if unused:
+            raise ValueError(
+                f"experts {unused} own no composite type; composite types: {table.describe()}"
+            )
+        elements, element_names, type_experts = table.elements, table.element_names, table.experts
+        gate_module = None
+    else:
+        not_elements = [t for t in type_names if t not in atomic_numbers or t == "X"]
+        if not_elements:
+            raise ValueError(
+                f"a gated MoE takes plain element type names; {not_elements} are not elements"
+            )
+        elements, element_names, type_experts = type_names, type_names, None
+        gate_module = _build_gate(gate, type_names)
     declared = _declared_locality(expert_locality, list(experts))
     specs = {
-        name: _build_expert(name, config, table.element_names, float(r_max), declared.get(name))
+        name: _build_expert(name, config, element_names, float(r_max), declared.get(name))
         for name, config in experts.items()
     }
 
@@ -111,14 +139,15 @@ def MoEModel(
     moe_energy = MixtureOfExpertsEnergy(
         experts=specs,
         type_names=type_names,
-        type_elements=table.elements,
-        type_experts=table.experts,
+        type_elements=elements,
+        type_experts=type_experts,
         neighbor_cutoffs=None
         if per_edge_type_cutoff is None
         else cutoff_partialdict_to_tensor(
             dict(per_edge_type_cutoff), type_names, float(r_max)
         ).tolist(),
         dense=dense,
+        gate=gate_module,
         irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"},
     )
     total_energy_sum = AtomwiseReduce(
@@ -131,6 +160,25 @@ def MoEModel(
         {"moe_energy": moe_energy, "total_energy_sum": total_energy_sum}
     )
     return ForceStressOutput(energy_model, do_derivatives)
+
+
+def _build_gate(config: Dict, type_names: List[str]) -> torch.nn.Module:
+    """Build the gate module of a gated MoE from its ``_target_`` config."""
+    config = dict(copy.deepcopy(dict(config)))
+    if "_target_" not in config:
+        raise ValueError("the `gate` config has no `_target_` (e.g. nequip_moe.nn.AdsorbateCoordinationGate)")
+    gate_type_names = [str(t) for t in config.setdefault("type_names", type_names)]
+    if gate_type_names != type_names:
+        raise ValueError(
+            f"the gate's type_names {gate_type_names} differ from the model's {type_names}"
+        )
+    module = get_method(config.pop("_target_"))(**config)
+    if not callable(getattr(module, "neighbor_cutoffs", None)):
+        raise ValueError(
+            f"gate {type(module).__name__} has no `neighbor_cutoffs()`: the MoE cannot tell "
+            "which edges it reads"
+        )
+    return module
 
 
 def _declared_locality(expert_locality, expert_names: List[str]) -> Dict[str, int]:

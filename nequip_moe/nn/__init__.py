@@ -1,5 +1,12 @@
 """Graph modules of nequip-moe. Packaged with models: import only light code here."""
 
 from .moe import MixtureOfExpertsEnergy, ExpertSpec, DenseCompileGraphModel, ALL_EDGES
+from .gate import AdsorbateCoordinationGate
 
-__all__ = ["MixtureOfExpertsEnergy", "ExpertSpec", "DenseCompileGraphModel", "ALL_EDGES"]
+__all__ = [
+    "MixtureOfExpertsEnergy",
+    "ExpertSpec",
+    "DenseCompileGraphModel",
+    "ALL_EDGES",
+    "AdsorbateCoordinationGate",
+]

@@ -1,13 +1,13 @@
 """A smooth, strictly local per-atom gate between a high- and a low-fidelity expert."""
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
 
-GATE_KEY = "moe_gate"
+from nequip_moe._keys import GATE_KEY
 
 
 def smooth_step(x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +101,22 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
             "is_host", torch.tensor([t in hosts for t in type_names], dtype=torch.bool)
         )
         self._init_irreps(irreps_in=irreps_in, irreps_out={GATE_KEY: "1x0e"})
+
+    @torch.jit.unused
+    def neighbor_cutoffs(self) -> List[List[float]]:
+        """The edges the gate reads, ``[num_types, num_types]``: from every non-adsorbate centre
+        to adsorbate neighbours within ``adsorbate_r_off`` and host neighbours within
+        ``coordination_r_off`` (adsorbate centres read none: their gate is 1)."""
+        is_adsorbate, is_host = self.is_adsorbate.tolist(), self.is_host.tolist()
+        return [
+            [
+                (self.adsorbate_r_off if ads else self.coordination_r_off if host else 0.0)
+                if not centre_is_adsorbate
+                else 0.0
+                for ads, host in zip(is_adsorbate, is_host)
+            ]
+            for centre_is_adsorbate in is_adsorbate
+        ]
 
     def _switch(self, r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
         return 1.0 - smooth_step((r - r_on) / (r_off - r_on))

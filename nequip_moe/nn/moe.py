@@ -12,6 +12,7 @@ from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 from nequip_moe._keys import (
     ATOM_EXPERT_KEY,
     SHARED_KEY,
+    GATE_KEY,
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
@@ -20,6 +21,7 @@ from nequip_moe._keys import (
     TYPE_EXPERTS_KEY,
     EXPERT_R_MAX_KEY,
     EXPERT_HALO_HOPS_KEY,
+    GATE_MODEL_KEY,
 )
 
 from typing import Dict, List, Optional, Tuple
@@ -64,34 +66,47 @@ class ExpertSpec:
 class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     """Per-atom energies of a spatial Mixture of Experts.
 
-    Every composite atom type is an (element, expert) pair; an atom's energy is its own expert's
-    per-atom energy. In the default *routed* evaluation each expert runs on a fresh data dict
+    Each expert ``k`` has a weight ``w_ik`` on each atom ``i`` (:meth:`expert_weights`) and the
+    atom's energy is ``sum_k w_ik e_i^k``. Two kinds of weights:
+
+    - *static regions*: every composite atom type is an (element, expert) pair and the weight is
+      one-hot on the atom's own expert, so its energy is its own expert's per-atom energy;
+    - *gated* (``gate`` given): the type names are plain elements and a strictly local gate
+      module computes ``g_i`` in [0, 1] from the edges centred on ``i``; the weights of the two
+      experts (high-fidelity first) are ``g_i`` and ``1 - g_i``. The gate is part of the energy,
+      so forces and stress include ``(e_i^big - e_i^small) grad g_i`` and dynamics conserve
+      energy exactly.
+
+    Each expert is evaluated exactly on the atoms it weighs (``w_ik != 0``): in the default *routed* evaluation each expert runs on a fresh data dict
     holding only the edges it needs: those centred on its own atoms (strictly local experts such
     as Allegro), plus the receptive-field halo of ``halo_hops`` neighbour shells (message-passing
     experts), trimmed to the expert's own cutoffs. In *dense* evaluation every expert sees every
     edge and the result is masked per atom: numerically identical, with static shapes for
-    ``torch.compile``. Each expert's weight on each atom comes from :meth:`expert_weights`
-    (one-hot on the owning expert); an expert is evaluated exactly on the atoms it weighs.
+    ``torch.compile``. With a gate, atoms of the blend zone (``0 < g < 1``) pay for both
+    experts.
 
     Co-training: when the input holds the per-atom ``shared`` mark, every expert is also
-    evaluated on the shared atoms (plus the atoms whose energies depend on their positions) and
+    evaluated on the shared atoms (in a gated MoE the module adds the blend-zone atoms to
+    ``shared``, where the experts' disagreement would otherwise act as a force) (plus the atoms whose energies depend on their positions) and
     the module outputs each expert's per-atom energies ``[num_atoms, num_experts]``, whole-frame
     forces ``[num_atoms, num_experts, 3]`` and frame energies ``[num_frames, num_experts]`` there
     (``expert_atomic_energy``, ``expert_forces``, ``expert_total_energy``). Deployed models
     never receive ``shared``, so this costs nothing at inference.
 
     The module contributes the model metadata that describes it: the composite-type table
-    (``moe_expert_names``, ``moe_type_elements``, ``moe_type_experts``), each expert's ``r_max``
+    (``moe_expert_names``, ``moe_type_elements``, ``moe_type_experts``; a gated MoE writes the
+    expert names and the gate's class, ``moe_gate_model``, instead), each expert's ``r_max``
     (``moe_expert_r_max``) and receptive field (``moe_expert_halo_hops``), and the neighbour
     cutoff of every composite type pair (``per_edge_type_cutoff``, see :meth:`neighbor_cutoffs`).
 
     Args:
         experts (Dict[str, ExpertSpec]): expert name -> spec, in expert-label order
-        type_names (List[str]): composite type names (the model's ``type_names``)
+        type_names (List[str]): composite type names (the model's ``type_names``; element names for a gated MoE)
         type_elements (List[str]): element of each composite type
-        type_experts (List[str]): expert of each composite type
+        type_experts (List[str]): expert of each composite type (``None`` for a gated MoE)
         neighbor_cutoffs (List[List[float]]): ``[num_types, num_types]`` neighbour-list cutoffs over composite types to write into the metadata, at least :meth:`neighbor_cutoffs` (default: exactly that)
         dense (bool): evaluate every expert on every edge (default ``False``)
+        gate (GraphModuleMixin): module writing the per-atom gate ``moe_gate`` ``[num_atoms, 1]`` from the graph, with a ``neighbor_cutoffs()`` method giving the edges it reads (e.g. :class:`~nequip_moe.nn.AdsorbateCoordinationGate`); needs exactly two experts, high-fidelity first (default ``None``: static regions)
     """
 
     dense: bool
@@ -101,17 +116,32 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         experts: Dict[str, ExpertSpec],
         type_names: List[str],
         type_elements: List[str],
-        type_experts: List[str],
+        type_experts: Optional[List[str]],
         neighbor_cutoffs: Optional[List[List[float]]] = None,
         dense: bool = False,
+        gate: Optional[GraphModuleMixin] = None,
         irreps_in=None,
     ):
         super().__init__()
         names = list(experts)
         specs = list(experts.values())
         num_types = len(type_names)
+        if gate is not None:
+            if len(specs) != 2:
+                raise ValueError(
+                    f"a gate weighs exactly two experts (high-fidelity first), got {names}"
+                )
+            if type_experts is not None or list(type_elements) != list(type_names):
+                raise ValueError(
+                    "a gated MoE takes plain element type names (no composite types): "
+                    f"got type names {list(type_names)} for elements {list(type_elements)}"
+                )
+            # every expert may weigh every atom: no type belongs to one expert
+            type_experts = [names[0]] * num_types
+        assert type_experts is not None
         assert len(type_elements) == len(type_experts) == num_types
         self.experts = torch.nn.ModuleDict({name: s.module for name, s in experts.items()})
+        self.gate = gate
         self.expert_names = names
         self.num_types = num_types
         self.dense = dense
@@ -132,7 +162,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         self.register_buffer(
             "expert_known_types",
             torch.as_tensor(
-                [[(el, name) in pairs for el in type_elements] for name in names],
+                [[gate is not None or (el, name) in pairs for el in type_elements] for name in names],
                 dtype=torch.bool,
             ),
         )
@@ -165,9 +195,11 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         # `shared` is an optional input: declare it so GraphModel lets it through
         irreps_in = dict(irreps_in or {})
         irreps_in[SHARED_KEY] = None
+        gate_out = {} if gate is None else {GATE_KEY: "0e"}
         self._init_irreps(
             irreps_in=irreps_in,
             irreps_out={
+                **gate_out,
                 AtomicDataDict.PER_ATOM_ENERGY_KEY: "0e",
                 ATOM_EXPERT_KEY: None,
                 EXPERT_ATOMIC_ENERGY_KEY: f"{num_experts}x0e",
@@ -185,17 +217,21 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         (or unknown receptive field) uses edges centred on any atom. In co-training
         (``cotraining=True``) every expert is also evaluated on other experts' atoms (the shared
         atoms and those whose energies depend on them), so every expert needs its edges from
-        every centre type.
+        every centre type. In a gated MoE any atom may weigh any expert, and the gate's own
+        edges (its ``neighbor_cutoffs()``) are added.
 
         Args:
             cotraining (bool): the cutoffs co-training needs instead of inference's
         """
         owner = self.type_experts.tolist()
         cutoffs = self.expert_cutoffs.view(-1, self.num_types, self.num_types).tolist()
+        gated = self.gate is not None
         out = [[0.0] * self.num_types for _ in range(self.num_types)]
+        if gated:
+            out = [[float(c) for c in row] for row in self.gate.neighbor_cutoffs()]
         for k, expert_cutoffs in enumerate(cutoffs):
             for a in range(self.num_types):
-                if self.expert_halo_hops[k] == 0 and owner[a] != k and not cotraining:
+                if self.expert_halo_hops[k] == 0 and owner[a] != k and not (cotraining or gated):
                     continue
                 for b in range(self.num_types):
                     out[a][b] = max(out[a][b], expert_cutoffs[a][b])
@@ -203,10 +239,16 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
 
     @torch.jit.unused
     def _get_metadata_contributions(self) -> Dict[str, str]:
+        if self.gate is None:
+            regions = {
+                TYPE_ELEMENTS_KEY: " ".join(self._type_elements),
+                TYPE_EXPERTS_KEY: " ".join(self._type_experts),
+            }
+        else:
+            regions = {GATE_MODEL_KEY: type(self.gate).__name__}
         return {
             EXPERT_NAMES_KEY: " ".join(self.expert_names),
-            TYPE_ELEMENTS_KEY: " ".join(self._type_elements),
-            TYPE_EXPERTS_KEY: " ".join(self._type_experts),
+            **regions,
             EXPERT_R_MAX_KEY: " ".join(str(r) for r in self._expert_r_max),
             EXPERT_HALO_HOPS_KEY: " ".join(str(h) for h in self.expert_halo_hops),
             PER_EDGE_TYPE_CUTOFF_KEY: " ".join(
@@ -214,20 +256,21 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             ),
         }
 
-    def atom_experts(self, data: AtomicDataDict.Type) -> torch.Tensor:
-        """Owning expert of every atom, shape ``[num_atoms]``."""
-        return torch.index_select(
-            self.type_experts, 0, data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        )
-
     def expert_weights(self, data: AtomicDataDict.Type) -> torch.Tensor:
         """Weight of each expert's energy on each atom, ``[num_atoms, num_experts]``.
 
-        One-hot on the owning expert. The energy of atom ``i`` is
-        ``sum_k weight[i, k] * e_i^k``, and expert ``k`` is evaluated exactly on the atoms with
-        ``weight[:, k] != 0``.
+        Static regions: one-hot on the atom's own expert (its composite type's). Gated:
+        ``[g, 1 - g]`` from the gate, which also writes ``moe_gate`` into ``data``. The energy of
+        atom ``i`` is ``sum_k weight[i, k] * e_i^k``, and expert ``k`` is evaluated exactly on
+        the atoms with ``weight[:, k] != 0``.
         """
-        owner = self.atom_experts(data)
+        if self.gate is not None:
+            gate = self.gate(data)[GATE_KEY].view(-1, 1)
+            data[GATE_KEY] = gate
+            return torch.cat([gate, 1.0 - gate], dim=-1)
+        owner = torch.index_select(
+            self.type_experts, 0, data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+        )
         experts = torch.arange(len(self.experts), device=owner.device)
         return (owner.unsqueeze(-1) == experts).to(data[AtomicDataDict.POSITIONS_KEY].dtype)
 
@@ -506,14 +549,19 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                 None if in_range is None else in_range[expert_idx],
             )
             expert_energy = self.expert_atomic_energy(data, expert_idx, edges)
-            # atoms the expert does not weigh may get inexact (even non-finite) energies: mask them
-            energy = energy + torch.where(weight != 0, weight * expert_energy, 0.0)
+            # atoms the expert does not weigh may get inexact (even non-finite) energies: mask
+            # them before the product, so that neither they nor their gradients reach the sum
+            energy = energy + weight * torch.where(weight != 0, expert_energy, 0.0)
         data[AtomicDataDict.PER_ATOM_ENERGY_KEY] = energy
-        data[ATOM_EXPERT_KEY] = self.atom_experts(data).unsqueeze(-1)
+        # the expert with the largest weight (the own expert of static regions)
+        data[ATOM_EXPERT_KEY] = torch.argmax(weights, dim=-1).unsqueeze(-1)
         if SHARED_KEY in data:
-            data.update(
-                self.shared_expert_outputs(data, data[SHARED_KEY].view(-1) != 0, in_range)
-            )
+            shared = data[SHARED_KEY].view(-1) != 0
+            if self.gate is not None:
+                # agreement in the blend zone, where e^big - e^small multiplies grad g
+                shared = shared | ((weights[:, 0] > 0) & (weights[:, 0] < 1))
+                data[SHARED_KEY] = shared.to(data[SHARED_KEY].dtype).view(data[SHARED_KEY].shape)
+            data.update(self.shared_expert_outputs(data, shared, in_range))
         return data
 
 
