@@ -6,7 +6,9 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test example clean
+EXAMPLE_ARGS ?=
+
+.PHONY: venv example-venv test example clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,13 +18,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e ".[test]"
 	touch $@
 
+# the example's extra (SevenNet, its default labeller) on top of the test environment; torch
+# is pinned again so that pip keeps the installed CPU build
+$(VENV)/.installed-example: $(VENV)/.installed
+	$(PIP) install "torch==$(TORCH_VERSION)" -e ".[test,example]"
+	touch $@
+
 venv: $(VENV)/.installed
+
+example-venv: $(VENV)/.installed-example
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-example: venv
-	$(PY) examples/pt_co/run.py
+# the Pt + CO main job, about 45 minutes on 2 idle CPU cores (examples/pt_co/README.md);
+# e.g. EXAMPLE_ARGS="--labeller emt" or "--full"
+example: example-venv
+	$(PY) examples/pt_co/run.py $(EXAMPLE_ARGS)
 
 clean:
 	rm -rf $(VENV) examples/pt_co/out .pytest_cache

@@ -49,18 +49,16 @@ def pt_co_frames_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_moe_run(tmp_path_factory, pt_co_frames_file):
-    """Train `configs/tiny_moe.yaml` (2 Allegro experts) with `nequip-train`; returns the run dir."""
-    run_dir = tmp_path_factory.mktemp("tiny_moe_run")
+def train_config(config_name, data_file, run_dir):
+    """`nequip-train` a config of `configs/` on `data_file` in `run_dir`; returns `run_dir`."""
     run_tool(
         [
             "nequip-train",
             "-cp",
             CONFIGS,
             "-cn",
-            "tiny_moe",
-            f"data_file={pt_co_frames_file}",
+            config_name,
+            f"data_file={data_file}",
             f"hydra.run.dir={run_dir}",
         ],
         cwd=run_dir,
@@ -69,21 +67,20 @@ def tiny_moe_run(tmp_path_factory, pt_co_frames_file):
     return run_dir
 
 
-@pytest.fixture(scope="session")
-def tiny_moe_package(tiny_moe_run):
-    path = tiny_moe_run / "tiny_moe.nequip.zip"
-    run_tool(["nequip-package", "build", "best.ckpt", path], cwd=tiny_moe_run)
+def package_run(run_dir, name):
+    """`nequip-package build` the run's best checkpoint as `<run_dir>/<name>.nequip.zip`."""
+    path = run_dir / f"{name}.nequip.zip"
+    run_tool(["nequip-package", "build", "best.ckpt", path], cwd=run_dir)
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_moe_ase_pt2(tiny_moe_package):
-    """The tiny MoE compiled with `nequip-compile --target ase` (once per session)."""
-    out = tiny_moe_package.parent / "tiny_moe_ase.nequip.pt2"
+def compile_ase(package):
+    """`nequip-compile --target ase` (AOTInductor, CPU) next to the package; returns the file."""
+    out = package.parent / package.name.replace(".nequip.zip", "_ase.nequip.pt2")
     run_tool(
         [
             "nequip-compile",
-            tiny_moe_package,
+            package,
             out,
             "--mode",
             "aotinductor",
@@ -92,20 +89,41 @@ def tiny_moe_ase_pt2(tiny_moe_package):
             "--target",
             "ase",
         ],
-        cwd=tiny_moe_package.parent,
+        cwd=package.parent,
     )
     return out
+
+
+def deploy_pair_allegro(package, out_dir, *options):
+    """`nequip-moe deploy --targets pair_allegro` of a package into `out_dir`; returns `out_dir`."""
+    run_tool(
+        ["nequip-moe", "deploy", package, "--targets", "pair_allegro", "--out-dir", out_dir, *options],
+        cwd=out_dir,
+    )
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_run(tmp_path_factory, pt_co_frames_file):
+    """Train `configs/tiny_moe.yaml` (2 Allegro experts) with `nequip-train`; returns the run dir."""
+    return train_config("tiny_moe", pt_co_frames_file, tmp_path_factory.mktemp("tiny_moe_run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_package(tiny_moe_run):
+    return package_run(tiny_moe_run, "tiny_moe")
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_ase_pt2(tiny_moe_package):
+    """The tiny MoE compiled with `nequip-compile --target ase` (once per session)."""
+    return compile_ase(tiny_moe_package)
 
 
 @pytest.fixture(scope="session")
 def tiny_moe_deployed(tiny_moe_package, tmp_path_factory):
     """`nequip-moe deploy` of the tiny MoE package for `pair_allegro` (once per session)."""
-    out_dir = tmp_path_factory.mktemp("deployed")
-    run_tool(
-        ["nequip-moe", "deploy", tiny_moe_package, "--targets", "pair_allegro", "--out-dir", out_dir],
-        cwd=out_dir,
-    )
-    return out_dir
+    return deploy_pair_allegro(tiny_moe_package, tmp_path_factory.mktemp("deployed"))
 
 
 @pytest.fixture(scope="session")

@@ -311,7 +311,7 @@ def test_assign_cli_reads_types_from_checkpoint(tmp_path, tiny_moe_run, capsys):
     assert np.sum(expert == 0) == 9
 
 
-def test_assign_cli_preset(tmp_path, model_table):
+def test_assign_cli_preset(tmp_path, model_table, capsys):
     """`--preset pt_co_coordination`: in bulk with a vacancy, the vacancy's 12 neighbours (found
     here by distance) are the core; `--buffer-shells 0` keeps exactly them big."""
     from ase.geometry import get_distances
@@ -330,3 +330,12 @@ def test_assign_cli_preset(tmp_path, model_table):
     assert run_assign(*args, "--out-xyz", out_xyz) == 0
     big = read(out_xyz).arrays["expert"] == 0
     assert big.sum() > 12 and big[nearest].all()
+    # `--buffer-width` replaces the preset's shell by every atom within the width of the core:
+    # the example's rule set (4.5 A) and exactly the core plus its neighbours within 3 A
+    for width in (3.0, 4.5):
+        assert run_assign(*args, "--buffer-width", str(width), "--out-xyz", out_xyz) == 0
+        _, from_core = get_distances(pt.positions[nearest], pt.positions, cell=pt.cell, pbc=True)
+        expected = nearest | (from_core.min(axis=0) <= width)
+        np.testing.assert_array_equal(read(out_xyz).arrays["expert"] == 0, expected)
+    rc = run_assign(*args, "--buffer-width", "3", "--buffer-shells", "1", "--out-xyz", out_xyz)
+    _assert_error(capsys, rc, "buffer_shells or buffer_width, not both")

@@ -16,7 +16,12 @@ from nequip.train.metrics import MeanSquaredError
 
 from nequip_moe.data import SharedEnvironments
 from nequip_moe.integrations.model_files import load_model
-from nequip_moe.train import EmptySafeMSE, ExpertAgreement, ExpertError
+from nequip_moe.train import (
+    EmptySafeMSE,
+    ExpertAgreement,
+    ExpertError,
+    InterfaceForceAgreement,
+)
 
 from conftest import CONFIGS, run_tool
 from structures import labelled
@@ -270,6 +275,79 @@ def test_expert_error_on_whole_shared_frames_is_the_expert_alone():
         torch.testing.assert_close(pred, alone["total_energy"].view(-1) / len(atoms))
         forces, _ = ExpertError("forces", EXPERTS, name)(out, {**data, "forces": out["forces"]})
         torch.testing.assert_close(forces, alone["forces"], atol=1e-10, rtol=0)
+
+
+def test_frame_energy_agreement_on_whole_shared_frames_only():
+    """`ExpertAgreement(total_energy)`: in a batch of a wholly shared frame and a partly shared
+    one, the pair is the two experts' frame energies per atom of the wholly shared frame, each
+    the expert alone; a batch without a wholly shared frame gives a zero term."""
+    model = build(TWO_ALLEGRO)
+    frames = [pt_co_slab(size=(2, 2, 2)), pt_co_slab(size=(2, 2, 3), seed=1)]
+    shared = [np.ones(len(frames[0]), dtype=bool), frames[1].numbers == 78]
+    graphs = []
+    for atoms, mask in zip(frames, shared):
+        graph = typed_graph(atoms, TWO_ALLEGRO, half_labels(atoms))
+        graph["shared"] = torch.as_tensor(mask, dtype=torch.long).view(-1, 1)
+        graphs.append(graph)
+    batch = AtomicDataDict.batched_from_list(graphs)
+    out = model(dict(batch))
+    first, second = ExpertAgreement("total_energy", EXPERTS)(out, batch)
+    assert first.shape == second.shape == (1,)
+    atoms = frames[0]
+    alone = [
+        model(dict(typed_graph(atoms, TWO_ALLEGRO, np.full(len(atoms), k))))["total_energy"]
+        for k in range(len(EXPERTS))
+    ]
+    torch.testing.assert_close(first, alone[0].view(-1) / len(atoms), atol=1e-10, rtol=0)
+    torch.testing.assert_close(second, alone[1].view(-1) / len(atoms), atol=1e-10, rtol=0)
+    assert str(ExpertAgreement("total_energy", EXPERTS)) == "total_energy_agreement"
+    # only the partly shared frame: nothing to compare, a zero term
+    out = model(dict(graphs[1]))
+    value = EmptySafeMSE()(*ExpertAgreement("total_energy", EXPERTS)(out, graphs[1]))
+    assert value.item() == 0.0
+
+
+@pytest.mark.parametrize("constant_reference", [False, True])
+def test_interface_force_agreement_is_the_split_crystal_force(constant_reference):
+    """`InterfaceForceAgreement` on a wholly shared bulk frame is the MoE's force with the frame
+    cut in two (big below x = 0.5, small above) minus the big expert alone's force, and its
+    gradient reaches the small expert's weights."""
+    model = build(TWO_ALLEGRO)
+    model.train()
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((3, 2, 2))
+    atoms.rattle(0.05, seed=3)
+    atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
+    data = typed_graph(atoms, TWO_ALLEGRO, np.ones(len(atoms), dtype=int))
+    data["shared"] = torch.ones(len(atoms), 1, dtype=torch.long)
+    term = InterfaceForceAgreement(EXPERTS, constant_reference=constant_reference)
+    delta, zero = term(model(dict(data)), data)
+    assert delta.shape == zero.shape == (len(atoms), 3) and not zero.any()
+
+    above = (atoms.get_scaled_positions()[:, 0] % 1.0) >= 0.5
+    split = model(dict(typed_graph(atoms, TWO_ALLEGRO, above.astype(int))))["forces"]
+    big = model(dict(typed_graph(atoms, TWO_ALLEGRO, np.zeros(len(atoms), dtype=int))))["forces"]
+    torch.testing.assert_close(delta.detach(), (split - big).detach(), atol=1e-10, rtol=0)
+    assert delta.abs().max() > 1e-4  # untrained experts disagree: a real interface force
+
+    loss = EmptySafeMSE()(delta, zero)
+    small = [p for n, p in model.named_parameters() if ".small." in n and p.requires_grad]
+    grads = torch.autograd.grad(loss, small, allow_unused=True)
+    assert any(g is not None and g.abs().max() > 0 for g in grads)
+    assert str(term) == "interface_force_agreement"
+
+
+def test_interface_force_agreement_needs_whole_shared_frames():
+    model = build(TWO_ALLEGRO)
+    model.train()
+    atoms = pt_co_slab(size=(2, 2, 2))
+    data = typed_graph(atoms, TWO_ALLEGRO, half_labels(atoms))
+    data["shared"] = torch.as_tensor(atoms.numbers == 78).long().view(-1, 1)
+    value = EmptySafeMSE()(*InterfaceForceAgreement(EXPERTS)(model(dict(data)), data))
+    assert value.item() == 0.0
+    with pytest.raises(ValueError, match="axis must be 0, 1 or 2"):
+        InterfaceForceAgreement(EXPERTS, axis=3)
+    with pytest.raises(ValueError, match="reference expert `huge`"):
+        InterfaceForceAgreement(EXPERTS, reference="huge")
 
 
 def test_bad_cotraining_input_names_the_problem():

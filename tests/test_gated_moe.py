@@ -16,16 +16,18 @@ from omegaconf import OmegaConf
 
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
-from nequip.utils.global_state import set_global_state
 from nequip.utils.unittests.model_tests_ase_integration import ASEIntegrationMixin
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.integrations.ase import MoECalculator
-from nequip_moe.model import MoEModel
 from nequip_moe.nn import AdsorbateCoordinationGate, MixtureOfExpertsEnergy
 
 from conftest import CONFIGS
-from test_moe_model import standalone_expert
+from test_moe_model import (  # noqa: F401  (float64: module-wide float64 fixture)
+    build,
+    float64,
+    standalone_expert,
+)
 from test_moe_nequip_mixins import MoEMixinTests, allegro_expert, nequip_expert
 
 ELEMENTS = ["C", "O", "Pt"]
@@ -52,22 +54,6 @@ GATED_TWO_ALLEGRO = gated_config(
 # a message-passing big expert: routed with its halo around the gated centres
 GATED_NEQUIP_ALLEGRO = gated_config({"big": nequip_expert(), "small": allegro_expert(r_max=3.6)})
 CONFIGS_BY_ID = {"allegro2": GATED_TWO_ALLEGRO, "nequip+allegro": GATED_NEQUIP_ALLEGRO}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-    set_global_state(allow_tf32=False)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def build(config, **overrides):
-    config = copy.deepcopy(config)
-    config.pop("_target_", None)
-    config.update(model_dtype="float64", **overrides)
-    return MoEModel(**config)
 
 
 def blend_zone_slab(seed=1):

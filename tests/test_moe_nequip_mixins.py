@@ -278,6 +278,13 @@ class TestTwoAllegroExperts(MoEMixinTests):
     def config(cls):
         return copy.deepcopy(TWO_ALLEGRO)
 
+    # float32 end to end here; the float64 sessions (1e-12 compiled == eager) are the
+    # NequIP + Allegro class and the gated class of test_gated_moe.py
+    @pytest.fixture(scope="class", params=["float32"])
+    @classmethod
+    def model_dtype(cls, request):
+        return request.param
+
     @pytest.fixture
     def strict_locality(self):
         return True

@@ -336,3 +336,51 @@ def test_bad_rules_files(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_rules_file(path)
+
+
+@pytest.mark.parametrize(
+    "width, expected",
+    # the vacancy's 12 neighbours are the core; a buffer by distance adds every site within the
+    # width of a core atom: 2.0 A reaches no site, 3.0 A the nearest neighbours (2.77 A), the
+    # same sites as one buffer shell
+    [(0.0, 12), (2.0, 12), (3.0, 12 + 6 + 24 + 12)],
+)
+def test_distance_buffer_on_bulk_with_vacancy(width, expected):
+    pt = bulk("Pt", "fcc", a=PT_A, cubic=True).repeat((3, 3, 3))
+    del pt[0]
+    rules, settings = pt_co_coordination("big", "small", buffer_width=width)
+    assert settings["buffer_width"] == width and settings["buffer_shells"] == 0
+    with pytest.warns(UserWarning, match="selects no atom"):  # no C, O
+        big = assign_experts(pt, rules, EXPERTS, **settings) == 0
+    assert big.sum() == expected
+    if width == 3.0:
+        np.testing.assert_array_equal(big, preset_labels(pt, buffer_shells=1) == 0)
+
+
+def test_distance_buffer_is_every_atom_within_the_width():
+    slab = pt111_slab()
+    core = np.zeros(len(slab), dtype=bool)
+    core[-2:] = True  # C and O
+    for width in (2.5, 4.5, 6.0):
+        labels = assign_experts(slab, [Indices(expert="big", indices=[36, 37])], EXPERTS,
+                                "small", buffer_width=width)
+        _, d = get_distances(slab.positions[core], slab.positions, cell=slab.cell, pbc=True)
+        np.testing.assert_array_equal(labels == 0, core | (d.min(axis=0) <= width))
+    with pytest.raises(ValueError, match="buffer_shells or buffer_width, not both"):
+        assign_experts(slab, [Indices(expert="big", indices=[0])], EXPERTS, "small",
+                       buffer_shells=1, buffer_width=3.0)
+    with pytest.raises(ValueError, match="buffer_width must not be negative"):
+        assign_experts(slab, [Indices(expert="big", indices=[0])], EXPERTS, "small",
+                       buffer_width=-1.0)
+
+
+def test_rules_file_with_buffer_width(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("preset: {name: pt_co_coordination, expert: big, default_expert: small, "
+                    "buffer_width: 4.5}\n")
+    rules, settings = read_rules_file(path)
+    assert settings == {"default_expert": "small", "buffer_shells": 0, "shell_cutoff": 3.3,
+                        "buffer_width": 4.5}
+    path.write_text("preset: {name: pt_co_coordination, expert: big, default_expert: small}\n"
+                    "buffer_shells: 0\nbuffer_width: 3.0\n")
+    assert read_rules_file(path)[1]["buffer_width"] == 3.0

@@ -1,10 +1,14 @@
 """Stage 1 of the Pt + CO example: labelled reference frames with per-atom expert labels.
 
-Builds (with ``structures.py``) bulk fcc Pt (equation of state, strained and rattled cells),
-Pt(111) slabs with CO at several coverages and sites, CO desorption, gas-phase CO and short
-Langevin MD snapshots; labels them with energy, forces and stress from an offline calculator
-(``emt`` or ``sevenn``); gives every atom an expert label (0 = big, 1 = small) from region rules; and
-writes ``train.xyz``, ``val.xyz``, ``test.xyz`` and a held-out bulk equation-of-state set
+Builds (with ``structures.py``) bulk fcc Pt (equation of state, strained and rattled cells,
+cells with vacancies), Pt(111) slabs (thin and thick) with CO at several coverages and sites,
+stepped Pt(211) and Pt(331) slabs with CO, Pt nanoparticles (cuboctahedra and truncated
+octahedra) with 0-8 CO on top, bridge and hollow sites, CO desorption, gas-phase CO and short
+Langevin MD snapshots, each frame tagged with its ``kind``; labels them with energy, forces and
+stress from an offline calculator (``emt`` or ``sevenn``); gives every atom an expert label
+(0 = big, 1 = small) with the ``pt_co_coordination`` region preset (the *core*: C, O, Pt
+bonded to them and under-coordinated Pt, plus a buffer of ``buffer_width`` A); and writes
+``train.xyz``, ``val.xyz``, ``test.xyz`` and a held-out bulk equation-of-state set
 ``eos.xyz``. Run alone with::
 
     python examples/pt_co/data.py --out examples/pt_co/out/data [--labeller sevenn]
@@ -15,31 +19,38 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Callable, Dict, List
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
-from nequip_moe.data.regions import Depth, Near, assign_experts
+from nequip_moe.data.regions import assign_experts, pt_co_coordination
 from structures import (
+    PARTICLES,
+    SMALL_PARTICLES,
     attach_labels,
     bulk_eos,
     bulk_eos_heldout,
     bulk_strained,
+    bulk_vacancies,
     clean_slabs,
     desorption,
     gas_co,
     large_slabs_with_co,
     md_snapshots,
+    nanoparticles,
     quarter_monolayer,
     slabs_with_co,
+    stepped_with_co,
+    thick_slabs_with_co,
 )
 
 
 ELEMENTS = ("C", "O", "Pt")
 SPLITS = ("train", "val", "test")
-BULK_KINDS = ("bulk", "eos")  # frame kinds (prefixes) without a surface
+BULK_KINDS = ("bulk", "eos", "vacancy")  # frame kinds (prefixes) without a surface
 
 
 @dataclasses.dataclass
@@ -56,6 +67,13 @@ class FrameCounts:
         desorption: one CO atop at 1.6-6.0 A height
         gas_co: one CO molecule in a 12 A box, C-O 1.03-1.35 A
         md: Langevin snapshots of a CO-covered slab, run with the labeller itself
+        nanoparticle: Pt cuboctahedra and truncated octahedra with 0-8 CO (top, bridge,
+            hollow); 38-79 atoms, up to 147 with ``large_particles``
+        stepped: Pt(211) (36 atoms) and Pt(331) (40 atoms) slabs with 0-4 CO
+        vacancy: 108-site bulk cells with 1-2 vacancies
+        thick_slab_co: Pt(111) 3x3x8 slabs with 1-3 CO (small-expert middle layers)
+        large_particles: add the 116-147-atom particles (``--full``; labelling cost grows
+            with the atoms)
     """
 
     bulk_eos: int = 11
@@ -67,53 +85,87 @@ class FrameCounts:
     desorption: int = 6
     gas_co: int = 12
     md: int = 10
+    nanoparticle: int = 12
+    stepped: int = 8
+    vacancy: int = 10
+    thick_slab_co: int = 10
+    large_particles: bool = False
 
-    def scaled(self, factor: float) -> "FrameCounts":
-        """The same recipe with every count multiplied by ``factor`` (at least one each)."""
-        return FrameCounts(
-            **{
-                f.name: max(1, round(getattr(self, f.name) * factor))
-                for f in dataclasses.fields(self)
-            }
-        )
+    def scaled(self, factor: float, large_particles: Optional[bool] = None) -> "FrameCounts":
+        """The same recipe with every count multiplied by ``factor`` (at least one each);
+        ``large_particles`` defaults to ``factor >= 2`` (the ``--full`` sizes)."""
+        counts = {
+            name: max(1, round(getattr(self, name) * factor)) for name in self.count_names()
+        }
+        large = factor >= 2 if large_particles is None else large_particles
+        return FrameCounts(**counts, large_particles=large)
+
+    @classmethod
+    def count_names(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.type in (int, "int")]
 
     @property
     def total(self) -> int:
-        return sum(dataclasses.asdict(self).values())
+        return sum(getattr(self, name) for name in self.count_names())
+
+    @property
+    def particle_sizes(self) -> Sequence[str]:
+        return tuple(PARTICLES) if self.large_particles else SMALL_PARTICLES
 
 
 # ---------------------------------------------------------------- expert labels
 
 EXPERT_NAMES = ("big", "small")  # label k means EXPERT_NAMES[k], as in configs/pt_co_moe.yaml
-TOP_LAYER = Depth(expert="big", depth=1.0, species=["Pt"])
-ADSORBATE_SHELL = Near(expert="big", species=["C", "O"], cutoff=4.0)
+# buffer (A) of big-expert atoms around the core: the small expert's cutoff (4.5 A), so no
+# core atom's force carries a small-expert term; it lies between the second (3.92 A) and third
+# (4.80 A) fcc Pt neighbour shells, so rattled frames keep whole shells. The report's buffer
+# sweep measures accuracy and speed-up against the width.
+DEFAULT_BUFFER_WIDTH = 4.5
 
 
-def label_experts(atoms: Atoms) -> np.ndarray:
-    """Expert labels of the example: 0 (big) for C, O, Pt within 4 A of them and the top Pt
-    layer of slabs; 1 (small) for the rest. Bulk frames are all small, gas CO all big.
+def region_rules(buffer_width: float = DEFAULT_BUFFER_WIDTH):
+    """The example's region rules: the ``pt_co_coordination`` preset (core: C, O, Pt within
+    2.5 A of them, Pt with fewer than 12 Pt neighbours within 3.3 A) with a buffer of every
+    atom within ``buffer_width`` A of the core; returns ``(rules, assign_experts settings)``."""
+    return pt_co_coordination(
+        "big", "small", buffer_shells=0, buffer_width=float(buffer_width)
+    )
+
+
+def core_atoms(atoms: Atoms) -> np.ndarray:
+    """Boolean mask of the core atoms (adsorbates, Pt bonded to them, under-coordinated Pt):
+    the atoms whose accuracy the MoE is for, without the buffer."""
+    rules, _ = region_rules(0.0)
+    core = np.zeros(len(atoms), dtype=bool)
+    for rule in rules:
+        core |= rule.select(atoms)
+    return core
+
+
+def label_experts(atoms: Atoms, buffer_width: float = DEFAULT_BUFFER_WIDTH) -> np.ndarray:
+    """Expert labels of the example: 0 (big) for the core (``core_atoms``) and every atom within
+    ``buffer_width`` A of it, 1 (small) for the rest. Perfect bulk is all small, gas CO all big.
 
     Args:
-        atoms: a frame whose ``info["kind"]`` names its kind of structure
+        atoms: a frame
+        buffer_width: buffer (A) of big-expert atoms around the core
     """
-    is_pt = atoms.numbers == 78
-    rules = []
-    if is_pt.any() and not atoms.info["kind"].startswith(BULK_KINDS):
-        rules.append(TOP_LAYER)
-    if not is_pt.all():
-        rules.append(ADSORBATE_SHELL)
-    return assign_experts(atoms, rules, EXPERT_NAMES, default_expert="small")
+    rules, settings = region_rules(buffer_width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a rule selecting nothing (bulk, clean Pt) is fine
+        return assign_experts(atoms, rules, EXPERT_NAMES, **settings)
 
 
 def mark_shared(atoms: Atoms) -> np.ndarray:
-    """Per-atom ``shared`` marks for co-training: 1 for every atom of bulk frames, where both
-    experts must agree; 0 elsewhere (``SharedEnvironments`` adds bulk-like Pt of slabs itself).
+    """Per-atom ``shared`` marks for co-training: 1 for the non-core atoms of bulk frames
+    (perfect, strained or with vacancies), where both experts must agree; 0 elsewhere
+    (``SharedEnvironments`` adds bulk-like Pt of slabs itself).
 
     Args:
         atoms: a frame whose ``info["kind"]`` names its kind of structure
     """
     is_bulk = atoms.info["kind"].startswith(BULK_KINDS)
-    return np.full(len(atoms), int(is_bulk), dtype=np.int64)
+    return (is_bulk & ~core_atoms(atoms)).astype(np.int64)
 
 
 # ---------------------------------------------------------------- labelling
@@ -144,7 +196,9 @@ def make_labeller(name: str):
 # ---------------------------------------------------------------- dataset
 
 
-def build_frames(counts: FrameCounts, calc, seed: int = 0) -> List[Atoms]:
+def build_frames(
+    counts: FrameCounts, calc, seed: int = 0, buffer_width: float = DEFAULT_BUFFER_WIDTH
+) -> List[Atoms]:
     """All structures of the recipe, labelled by ``calc`` and with expert labels."""
     rng = np.random.default_rng(seed)
     builders: Dict[str, Callable] = {
@@ -156,20 +210,27 @@ def build_frames(counts: FrameCounts, calc, seed: int = 0) -> List[Atoms]:
         "large_slab_co": large_slabs_with_co,
         "desorption": desorption,
         "gas_co": gas_co,
+        "nanoparticle": lambda n, rng: nanoparticles(n, rng, counts.particle_sizes),
+        "stepped": stepped_with_co,
+        "vacancy": bulk_vacancies,
+        "thick_slab_co": thick_slabs_with_co,
     }
     frames = []
     for name, builder in builders.items():
         frames += builder(getattr(counts, name), rng)
     frames = attach_labels(frames, calc)
     frames += attach_labels(md_snapshots(counts.md, rng, calc), calc)
-    return add_region_arrays(frames)
+    return add_region_arrays(frames, buffer_width)
 
 
-def add_region_arrays(frames: List[Atoms]) -> List[Atoms]:
-    """Set the per-atom ``expert`` and ``shared`` arrays of every frame."""
+def add_region_arrays(
+    frames: List[Atoms], buffer_width: float = DEFAULT_BUFFER_WIDTH
+) -> List[Atoms]:
+    """Set the per-atom ``expert``, ``shared`` and ``core`` arrays of every frame."""
     for atoms in frames:
-        atoms.arrays["expert"] = label_experts(atoms)
+        atoms.arrays["expert"] = label_experts(atoms, buffer_width)
         atoms.arrays["shared"] = mark_shared(atoms)
+        atoms.arrays["core"] = core_atoms(atoms).astype(np.int64)
     return frames
 
 
@@ -207,12 +268,18 @@ def write_dataset(out_dir, splits: Dict[str, List[Atoms]], eos: List[Atoms]) -> 
             for kind in dict.fromkeys(a.info.get("kind") for f in splits.values() for a in f)
         },
         "test_hf_fraction": float(np.mean(labels == 0)),
+        "atoms": {
+            name: int(sum(len(a) for a in frames)) for name, frames in splits.items()
+        },
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def make_dataset(out_dir, counts: FrameCounts, labeller: str = "emt", seed: int = 0) -> Dict:
+def make_dataset(
+    out_dir, counts: FrameCounts, labeller: str = "emt", seed: int = 0,
+    buffer_width: float = DEFAULT_BUFFER_WIDTH,
+) -> Dict:
     """The whole data stage: build, label, split and write the example's data.
 
     Args:
@@ -220,12 +287,13 @@ def make_dataset(out_dir, counts: FrameCounts, labeller: str = "emt", seed: int 
         counts: frames of each kind
         labeller: ``emt`` or ``sevenn``
         seed: seed of every random choice
+        buffer_width: buffer (A) of big-expert atoms around the core (``label_experts``)
     """
     calc = make_labeller(labeller)
-    frames = build_frames(counts, calc, seed)
-    eos = add_region_arrays(attach_labels(bulk_eos_heldout(), calc))
+    frames = build_frames(counts, calc, seed, buffer_width)
+    eos = add_region_arrays(attach_labels(bulk_eos_heldout(), calc), buffer_width)
     summary = write_dataset(out_dir, split_by_kind(frames, seed), eos)
-    summary["labeller"] = labeller
+    summary.update(labeller=labeller, buffer_width=buffer_width)
     return summary
 
 
@@ -294,9 +362,12 @@ def main(args=None):
     parser.add_argument("--labeller", choices=["emt", "sevenn"], default="emt")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every frame count")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--buffer-width", type=float, default=DEFAULT_BUFFER_WIDTH,
+                        help="big-expert buffer (A) around the core (default: %(default)s)")
     args = parser.parse_args(args)
     start = time.perf_counter()
-    summary = make_dataset(args.out, FrameCounts().scaled(args.scale), args.labeller, args.seed)
+    summary = make_dataset(args.out, FrameCounts().scaled(args.scale), args.labeller, args.seed,
+                           args.buffer_width)
     print(json.dumps(summary, indent=2))
     print(f"data written to {args.out} in {time.perf_counter() - start:.1f} s")
 

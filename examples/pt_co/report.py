@@ -1,34 +1,50 @@
 """Stage 5 of the Pt + CO example: the validation report.
 
 Measures (``measures.py``) every model on the held-out data, judges the example's claims
-(``claims.py``) and writes ``report.json``, ``report.md`` and PNGs (``render.py``).
+(``claims.py``) and writes ``report.json``, ``report.md`` and PNGs (``render.py``). The
+gated-MoE section (``adaptive.py``, issue 12) joins when that module and its inputs exist.
 """
 
 import contextlib
+import importlib.util
 import json
 import pathlib
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 from ase.io import read
 
-from claims import check_claims
+from claims import baseline_claims, check_claims, teacher_claims
 from measures import (
     ATOM_CLASSES,
+    ATOM_GROUPS,
     BIG,
+    BUFFER_WIDTHS,
     ReportModel,
     atom_classes,
+    atom_groups,
+    buffer_sweep,
     eos_curves,
+    expert_disagreement,
     force_error_by_distance,
     lammps_nve,
-    nve_drift,
+    lattice_constant,
     nve_structure,
+    nve_timestep_scaling,
     predict,
+    shared_bulk_frames,
     speedup,
+    split_crystal_forces,
+    teacher_sanity,
     test_errors,
 )
 from render import markdown, plot_report
+from structures import PT_A0, BenchSlab
+
+EXAMPLE_DIR = pathlib.Path(__file__).resolve().parent
+# the buffer sweep's timed structure: a Pt(111) slab thick enough for a small-expert middle
+SWEEP_TIMING_SLAB = BenchSlab(size=6, layers=8)
 
 
 @contextlib.contextmanager
@@ -49,6 +65,12 @@ def make_report(
     pair_allegro_file: Optional[pathlib.Path] = None,
     notes: Optional[Dict] = None,
     device: str = "cpu",
+    *,
+    without_agreement: Optional[Dict[str, str]] = None,
+    buffer_widths: Optional[Sequence[float]] = BUFFER_WIDTHS,
+    buffer_model: Optional[str] = None,
+    time_buffer_sweep: bool = True,
+    adaptive: Union[bool, Dict, None] = None,
 ) -> Dict:
     """Measure everything, write ``report.json``, ``report.md`` and PNGs; returns the report.
 
@@ -56,22 +78,49 @@ def make_report(
         models: models to compare; names ``big`` and ``small`` mark the single-model baselines
         data_dir: the data stage's folder (``test.xyz``, optional ``eos.xyz``)
         out_dir: where the report goes
-        nve_steps: steps of each NVE run
+        nve_steps: steps of each NVE run (at 1 fs; half as many at 2 fs for the dt^2 check)
         speed_files: ``{moe, big, small}`` model files for the speed-up (``None``: skipped)
         pair_allegro_file: MoE compiled for pair_allegro for the LAMMPS run (``None``: skipped)
-        notes: extra facts for the report (sizes, timings)
+        notes: extra facts for the report (sizes, timings; ``labeller`` decides whether the
+            teacher's label sanity is judged)
         device: device of the compiled files and of the timings
+        without_agreement: ``{co-trained MoE: the same MoE trained without agreement terms}``
+            for the split-crystal claims (default: ``{"moe_cotrain": "moe"}`` when both exist)
+        buffer_widths: buffer widths (A) of the sweep (``None``: no sweep)
+        buffer_model: the MoE the sweep relabels (default: the first co-trained MoE, else the
+            first MoE)
+        time_buffer_sweep: also time the MoE at every width (eager, on ``SWEEP_TIMING_SLAB``)
+        adaptive: the gated-MoE section (``adaptive.adaptive_section``): ``True`` with its
+            default inputs (the packaged ``big`` and ``small`` models, ``data_dir``, ``out_dir``,
+            ``nve_steps``, ``device``), or a dict of keyword arguments that replace those;
+            ``None``/``False`` or no ``adaptive.py``: left out
     """
     data_dir, out_dir = pathlib.Path(data_dir), pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     test = read(data_dir / "test.xyz", index=":")
     moes = [m.name for m in models if m.is_moe]
-    report = {"notes": notes or {}, "models": {m.name: m.title for m in models}}
+    by_name = {m.name: m for m in models}
+    if without_agreement is None:  # run.py's names: staged `moe` (agreement), `moe_noagree`
+        known = ({"moe": "moe_noagree"}, {"moe_cotrain": "moe"})
+        without_agreement = next((p for p in known if {*p, *p.values()} <= set(moes)), {})
+    without_agreement = {k: v for k, v in without_agreement.items() if k in moes and v in moes}
+    summary_file = data_dir / "summary.json"
+    data_summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    notes = dict(notes or {})
+    for key in ("labeller", "buffer_width"):
+        if key not in notes and key in data_summary:
+            notes[key] = data_summary[key]
+    report = {"notes": notes, "models": {m.name: m.title for m in models},
+              "without_agreement": without_agreement, "data": data_summary}
 
     with section(f"test errors on {len(test)} frames"):
         predictions = {m.name: predict(m.calculator(), test) for m in models}
     report["errors"] = {name: test_errors(test, p) for name, p in predictions.items()}
     report["atom_counts"] = {
         name: int(sum((atom_classes(a) == name).sum() for a in test)) for name in ATOM_CLASSES
+    }
+    report["group_counts"] = {
+        name: int(sum(atom_groups(a)[name].sum() for a in test)) for name in ATOM_GROUPS
     }
     report["force_error_vs_interface"] = {
         name: force_error_by_distance(test, p) for name, p in predictions.items()
@@ -83,21 +132,53 @@ def make_report(
     if eos_frames:
         with section(f"equation of state on {len(eos_frames)} held-out bulk frames"):
             report["eos"] = eos_curves(eos_frames, models)
+    reference_fit = report["eos"]["fits"]["reference"] if report["eos"] else {}
+
+    all_frames = [a for split in ("train", "val", "test") if (data_dir / f"{split}.xyz").is_file()
+                  for a in read(data_dir / f"{split}.xyz", index=":")]
+    report["teacher"] = teacher_sanity(reference_fit, all_frames)
+
+    report["split_crystal"] = None
+    if moes:
+        a0 = lattice_constant(reference_fit, PT_A0)
+        split_models = [m for m in models if m.is_moe or m.name == "big"]
+        with section(f"split perfect crystal at a0 = {a0:.3f} A, {len(split_models)} models"):
+            report["split_crystal"] = split_crystal_forces(split_models, a0)
+
+    report["expert_disagreement"] = {}
+    shared = shared_bulk_frames(test, eos_frames)
+    if shared and moes:
+        with section(f"experts' disagreement on {len(shared)} shared bulk frames"):
+            for name in moes:
+                report["expert_disagreement"][name] = expert_disagreement(by_name[name], shared)
+
+    report["buffer_sweep"] = None
+    sweep_model = buffer_model or next(iter(without_agreement), moes[0] if moes else None)
+    if buffer_widths and sweep_model in moes and "big" in predictions:
+        timing = SWEEP_TIMING_SLAB.build() if time_buffer_sweep else None
+        with section(f"buffer sweep of {sweep_model}: widths {list(buffer_widths)} A"):
+            report["buffer_sweep"] = buffer_sweep(
+                by_name[sweep_model], test, predictions["big"], buffer_widths, timing
+            )
+        report["buffer_sweep"]["data_buffer_width"] = notes.get("buffer_width")
 
     structure = nve_structure(test)
-    report["nve_drift"] = None
+    report["nve_drift"], report["nve_scaling"] = None, None
     if structure is not None:
-        report["nve_drift"] = {}
+        report["nve_drift"], report["nve_scaling"] = {}, {}
         for model in models:
             if model.name in moes + ["big"]:
-                with section(f"NVE {model.title}: {nve_steps} steps, {len(structure)} atoms"):
-                    report["nve_drift"][model.name] = nve_drift(
-                        model.calculator(), structure, nve_steps
-                    )
+                with section(f"NVE {model.title}: {nve_steps} steps at 1 and "
+                             f"{max(1, nve_steps // 2)} at 2 fs, {len(structure)} atoms"):
+                    runs = nve_timestep_scaling(model.calculator(), structure, nve_steps)
+                report["nve_drift"][model.name] = runs["dt"]
+                report["nve_scaling"][model.name] = runs
     report["lammps_nve"] = None
     if pair_allegro_file is not None and structure is not None:
         with section(f"LAMMPS NVE of the MoE: {nve_steps} steps"):
             report["lammps_nve"] = lammps_nve(pair_allegro_file, structure, nve_steps, device)
+        stem = pathlib.Path(pair_allegro_file).name.split(".")[0]
+        report["lammps_nve"]["model"] = stem if stem in moes else (moes[0] if moes else stem)
 
     report["speedup"] = None
     if speed_files is not None:
@@ -109,9 +190,50 @@ def make_report(
                 **speedup(speed_files, hf_fraction, out_dir / "benchmark", device),
             }
 
-    report["claims"] = [c for moe in moes for c in check_claims(report, moe)]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    report["claims"] = teacher_claims(report)
+    report["claims"] += [c for moe in moes for c in check_claims(report, moe)]
+    report["claims"] += baseline_claims(report)
+
+    report["adaptive"] = None
+    adaptive_module = load_adaptive() if adaptive else None
+    if adaptive_module is not None:
+        arguments = adaptive_inputs(models, data_dir, out_dir, nve_steps, device)
+        arguments.update(adaptive if isinstance(adaptive, dict) else {})
+        if arguments.get("big_file") and arguments.get("small_file"):
+            with section("gated (adaptive) MoE"):
+                report["adaptive"] = adaptive_module.adaptive_section(**arguments)
+            for c in report["adaptive"].get("claims", []):
+                report["claims"].append({"model": "gated", **c})
+
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
     figures = plot_report(report, out_dir)
-    (out_dir / "report.md").write_text(markdown(report, figures))
+    extra = [adaptive_module.adaptive_markdown(report["adaptive"])] if report["adaptive"] else []
+    (out_dir / "report.md").write_text(markdown(report, figures, extra))
     return report
+
+
+def adaptive_inputs(models: Sequence[ReportModel], data_dir, out_dir, nve_steps: int,
+                    device: str) -> Dict:
+    """Default arguments of ``adaptive.adaptive_section``: the packages of the all-big and
+    all-small models (the gated MoE evaluates them eagerly)."""
+
+    def package(name):
+        model = next((m for m in models if m.name == name), None)
+        if model is None:
+            return None
+        packaged = model.path.parent / f"{name}.nequip.zip"
+        return packaged if packaged.is_file() else model.path
+
+    return {"big_file": package("big"), "small_file": package("small"), "data_dir": data_dir,
+            "out_dir": out_dir, "nve_steps": max(nve_steps, 400), "device": device}
+
+
+def load_adaptive():
+    """``examples/pt_co/adaptive.py`` (the gated-MoE section) when it exists, else ``None``."""
+    path = EXAMPLE_DIR / "adaptive.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("adaptive", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

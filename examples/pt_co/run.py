@@ -3,15 +3,22 @@
 Stages, each skipped when its outputs exist (``--force`` reruns them):
 
 1. data: ``data.py`` writes labelled frames with expert labels to ``out/data/``
-2. train: ``nequip-train -cn pt_co_big | pt_co_small | pt_co_moe | pt_co_cotrain`` (the
-   co-trained MoE once its config exists) -> ``out/train/NAME/``
-3. package: ``nequip-package build`` -> ``out/models/NAME.nequip.zip``
+2. train: ``nequip-train -cn CONFIG`` -> ``out/train/NAME/``, for each model in order:
+   ``big`` (all-big, ``pt_co_big``), ``small`` (all-small, ``pt_co_small``), then the staged
+   MoEs, whose frozen big expert is the packaged all-big model: ``moe`` (``pt_co_staged``, with
+   the agreement terms: the default MoE) and ``moe_noagree`` (``pt_co_staged_noagree``: the
+   same without agreement terms); with ``--joint`` also ``moe_joint`` (``pt_co_cotrain``: both
+   experts trained jointly from scratch, co-trained)
+3. package: ``nequip-package build`` -> ``out/models/NAME.nequip.zip`` (right after each
+   training: the staged MoEs need ``big.nequip.zip``)
 4. compile: ``nequip-compile --mode aotinductor --target ase | pair_allegro``, only the files
    the report uses -> ``out/models/NAME.TARGET.nequip.pt2``
 5. report: ``report.py`` -> ``out/report.md``, ``out/report.json`` and PNGs
 
-The default sizes finish on 2 CPU cores in about half an hour; ``--full`` (or the environment
-variable ``PT_CO_FULL=1``) trains at realistic sizes, meant for a GPU.
+Every training run is bounded by its number of epochs (never by wall clock) and seeded, so
+runs on differently loaded machines train the same models. The default sizes take about 45
+minutes on an idle 2-core machine; ``--full`` (or the environment variable ``PT_CO_FULL=1``)
+trains at realistic sizes, meant for a GPU.
 """
 
 import argparse
@@ -39,23 +46,38 @@ BIN_DIR = pathlib.Path(sys.executable).parent
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """How big a run is.
+    """How big a run is. Training is bounded by epochs only (plus the configs' early stopping,
+    which also counts epochs), never by wall clock.
 
     Args:
         frame_scale: multiplies every count of ``data.FrameCounts``
-        max_epochs: epochs of every training run (``None``: the config's own)
-        max_minutes: wall-clock cap of every training run (``None``: no cap)
+        epochs: epochs of each model's training run, by model name (a model not named:
+            its config's ``max_epochs``)
         nve_steps: steps of each NVE run in the report
+        adaptive_nve_steps: steps of each NVE run of the report's gated-MoE section
+            (``adaptive.py``; 0 leaves the section out)
     """
 
     frame_scale: float
-    max_epochs: Optional[int]
-    max_minutes: Optional[float]
+    epochs: Dict[str, int]
     nve_steps: int
+    adaptive_nve_steps: int = 0
+
+    def max_epochs(self, name: str) -> Optional[int]:
+        return self.epochs.get(name)
 
 
-QUICK = Sizes(frame_scale=1.0, max_epochs=10, max_minutes=3.5, nve_steps=200)
-FULL = Sizes(frame_scale=5.0, max_epochs=None, max_minutes=None, nve_steps=2000)
+# One epoch (with validation), one thread, measured on the default recipe (166 frames, 5419
+# training atoms): all-big 47.0 s, all-small 5.7 s, staged MoE 74.8 s, staged MoE without
+# agreement 21.9 s (joint co-trained MoE ~65 s, scaled from 39.5 s at 3314 atoms). Two idle
+# cores train about 1.6x faster than one. README.md gives the whole run's time.
+QUICK = Sizes(
+    frame_scale=1.0,
+    epochs={"big": 25, "small": 30, "moe": 15, "moe_noagree": 15, "moe_joint": 12},
+    nve_steps=200,
+    adaptive_nve_steps=600,
+)
+FULL = Sizes(frame_scale=5.0, epochs={}, nve_steps=2000, adaptive_nve_steps=2000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,24 +89,38 @@ class Model:
         config: training config in ``configs/``
         title: name in the report
         compile_targets: ``nequip-compile`` targets the report uses
+        overrides: ``nequip-train`` overrides of this model only
+        frozen_big: the model's big expert is the packaged all-big model (``big_model=``),
+            so all-big is trained and packaged first
+        joint: trained only with ``--joint`` (both experts from scratch)
     """
 
     name: str
     config: str
     title: str
     compile_targets: Tuple[str, ...] = ()
+    overrides: Tuple[str, ...] = ()
+    frozen_big: bool = False
+    joint: bool = False
 
     @property
     def config_file(self) -> pathlib.Path:
         return CONFIG_DIR / f"{self.config}.yaml"
 
 
+# in training order: the staged MoEs need the packaged all-big model
 MODELS = (
     Model("big", "pt_co_big", "all-big", ("ase",)),
     Model("small", "pt_co_small", "all-small", ("ase",)),
-    Model("moe", "pt_co_moe", "MoE", ("ase", "pair_allegro")),
-    Model("moe_cotrain", "pt_co_cotrain", "MoE co-trained"),
+    Model("moe", "pt_co_staged", "MoE (staged, co-trained)", ("ase", "pair_allegro"),
+          frozen_big=True),
+    # pt_co_staged.yaml with the agreement coefficients 0, without computing the unused terms
+    Model("moe_noagree", "pt_co_staged_noagree", "MoE (staged, no agreement)", frozen_big=True),
+    Model("moe_joint", "pt_co_cotrain", "MoE (joint, co-trained)", joint=True),
 )
+
+# co-trained MoE -> the same MoE trained without agreement terms (split-crystal comparison)
+WITHOUT_AGREEMENT = {"moe": "moe_noagree"}
 
 # the models nequip_moe.benchmarking times: the MoE and its two experts alone
 SPEED_MODELS = ("moe", "big", "small")
@@ -188,16 +224,20 @@ def data_stage(pipeline: Pipeline, sizes: Sizes, labeller: str, user_data, rules
     pipeline.stage("data", outputs, make)
 
 
-def train_overrides(layout: Layout, sizes: Sizes, extra: Sequence[str]) -> List[str]:
+def train_overrides(layout: Layout, extra: Sequence[str]) -> List[str]:
     """``nequip-train`` overrides shared by every model."""
-    overrides = [f"data_dir={layout.data.resolve()}"]
-    if sizes.max_epochs is not None:
-        overrides.append(f"max_epochs={sizes.max_epochs}")
-    if sizes.max_minutes is not None:
-        minutes, seconds = divmod(round(sizes.max_minutes * 60), 60)
-        hours, minutes = divmod(minutes, 60)
-        overrides.append(f'+trainer.max_time="00:{hours:02d}:{minutes:02d}:{seconds:02d}"')
-    return overrides + list(extra)
+    return [f"data_dir={layout.data.resolve()}", *extra]
+
+
+def model_overrides(layout: Layout, sizes: Sizes, model: Model) -> List[str]:
+    """``nequip-train`` overrides of one model: its epochs, its frozen big expert, its own."""
+    overrides = []
+    if sizes.max_epochs(model.name) is not None:
+        overrides.append(f"max_epochs={sizes.max_epochs(model.name)}")
+    if model.frozen_big:
+        big = next(m for m in MODELS if m.name == "big")
+        overrides.append(f"big_model={layout.package(big).resolve()}")
+    return overrides + list(model.overrides)
 
 
 def model_stages(
@@ -206,9 +246,6 @@ def model_stages(
     """Stages 2-4 for one model: train, package and compile what the report uses for
     ``device`` (``None``: no compiling)."""
     layout = pipeline.layout
-    if not model.config_file.is_file():
-        pipeline.skip(f"train {model.name}", f"{model.config_file} does not exist yet")
-        return
     run_dir = layout.train_dir(model)
 
     def train():
@@ -222,6 +259,7 @@ def model_stages(
         shutil.rmtree(run_dir, ignore_errors=True)
         partial.rename(run_dir)
 
+    # a stage reruns when its inputs changed is beyond this pipeline: --force reruns everything
     pipeline.stage(f"train {model.name}", [layout.checkpoint(model)], train)
 
     package = layout.package(model)
@@ -260,10 +298,12 @@ def training_progress(layout: Layout, models: Sequence[Model]) -> Dict[str, str]
     return progress
 
 
-def report_stage(pipeline: Pipeline, sizes: Sizes, device: str, notes: Dict):
+def report_stage(
+    pipeline: Pipeline, models: Sequence[Model], sizes: Sizes, device: str, notes: Dict
+):
     """Stage 5: evaluate every packaged model (compiled files where there are) and report."""
     layout = pipeline.layout
-    packaged = [m for m in MODELS if layout.package(m).is_file()]
+    packaged = [m for m in models if layout.package(m).is_file()]
 
     def evaluated_file(model: Model) -> pathlib.Path:
         compiled = layout.compiled(model, "ase")
@@ -276,6 +316,18 @@ def report_stage(pipeline: Pipeline, sizes: Sizes, device: str, notes: Dict):
     pair_allegro = None
     if "moe" in by_name and layout.compiled(by_name["moe"], "pair_allegro").is_file():
         pair_allegro = layout.compiled(by_name["moe"], "pair_allegro")
+    # the co-trained MoEs and the same MoE trained without agreement terms
+    without_agreement = {
+        name: partner for name, partner in WITHOUT_AGREEMENT.items()
+        if name in by_name and partner in by_name
+    }
+    adaptive = None
+    if sizes.adaptive_nve_steps > 0 and {"big", "small"} <= set(by_name):
+        adaptive = dict(
+            big_file=layout.package(by_name["big"]), small_file=layout.package(by_name["small"]),
+            data_dir=layout.data, out_dir=layout.out, nve_steps=sizes.adaptive_nve_steps,
+            device=device,
+        )
     pipeline.stage(
         "report",
         [layout.out / "report.json"],
@@ -289,6 +341,9 @@ def report_stage(pipeline: Pipeline, sizes: Sizes, device: str, notes: Dict):
             notes={**notes, "trained": training_progress(layout, packaged),
                    "stage seconds": dict(pipeline.timings)},
             device=device,
+            without_agreement=without_agreement,
+            buffer_model="moe" if "moe" in by_name else None,
+            adaptive=adaptive,
         ),
     )
 
@@ -317,7 +372,9 @@ def main(args=None) -> pathlib.Path:
                         help="realistic sizes for a GPU (also: PT_CO_FULL=1)")
     parser.add_argument("--force", action="store_true", help="rerun finished stages")
     parser.add_argument("--out", type=pathlib.Path, default=EXAMPLE_DIR / "out")
-    parser.add_argument("--labeller", choices=["emt", "sevenn"], default="emt")
+    parser.add_argument("--labeller", choices=["emt", "sevenn"], default="sevenn",
+                        help="reference calculator of the generated data: SevenNet 7net-mf-0 "
+                        "(PBE; the `example` extra) or ASE's EMT (fast, unphysical for CO)")
     parser.add_argument("--data", type=pathlib.Path,
                         help="your own extxyz (energy, forces, stress, per-atom `expert`)")
     parser.add_argument("--rules", type=pathlib.Path,
@@ -330,27 +387,54 @@ def main(args=None) -> pathlib.Path:
     parser.add_argument("--no-compile", action="store_true",
                         help="skip nequip-compile: the report runs and times eager models "
                         "and leaves out LAMMPS")
+    parser.add_argument("--joint", action="store_true",
+                        help="also train the MoE jointly from scratch (configs/pt_co_cotrain.yaml, "
+                        "`moe_joint`) and report it beside the staged MoE")
     parser.add_argument("--frame-scale", type=float, help="replace the size's frame_scale")
-    parser.add_argument("--max-epochs", type=int, help="replace the size's max_epochs")
-    parser.add_argument("--max-minutes", type=float, help="replace the size's max_minutes")
+    parser.add_argument("--max-epochs", type=int,
+                        help="epochs of every training run (replaces the size's per-model epochs)")
+    parser.add_argument("--epochs", action="append", default=[], metavar="NAME=N",
+                        help="epochs of one model (big, small, moe, moe_noagree, moe_joint); "
+                        "may repeat")
     parser.add_argument("--nve-steps", type=int, help="replace the size's nve_steps")
+    parser.add_argument("--adaptive-nve-steps", type=int,
+                        help="replace the size's adaptive_nve_steps (0: no gated-MoE section)")
     args = parser.parse_args(args)
 
     sizes = FULL if args.full else QUICK
-    replaced = {f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)}
-    sizes = dataclasses.replace(sizes, **{k: v for k, v in replaced.items() if v is not None})
+    epochs = dict(sizes.epochs)
+    if args.max_epochs is not None:
+        epochs = {m.name: args.max_epochs for m in MODELS}
+    for item in args.epochs:
+        name, _, value = item.partition("=")
+        if name not in {m.name for m in MODELS} or not value.isdigit():
+            raise ValueError(f"--epochs takes NAME=N with NAME one of "
+                             f"{[m.name for m in MODELS]}, got `{item}`")
+        epochs[name] = int(value)
+    sizes = dataclasses.replace(sizes, epochs=epochs)
+    if args.frame_scale is not None:
+        sizes = dataclasses.replace(sizes, frame_scale=args.frame_scale)
+    if args.nve_steps is not None:
+        sizes = dataclasses.replace(sizes, nve_steps=args.nve_steps)
+    if args.adaptive_nve_steps is not None:
+        sizes = dataclasses.replace(sizes, adaptive_nve_steps=args.adaptive_nve_steps)
+    models = [m for m in MODELS if args.joint or not m.joint]
     layout = Layout(args.out.resolve())  # absolute: checkpoints keep the data paths
     pipeline = Pipeline(layout, force=args.force)
     print(f"Pt + CO MoE example ({'full' if args.full else 'quick'} sizes) -> {layout.out}")
 
     data_stage(pipeline, sizes, args.labeller, args.data, args.rules)
-    overrides = train_overrides(layout, sizes, args.override)
-    for model in MODELS:
-        model_stages(pipeline, model, overrides, None if args.no_compile else args.device)
+    overrides = train_overrides(layout, args.override)
+    for model in models:
+        model_stages(
+            pipeline, model, [*overrides, *model_overrides(layout, sizes, model)],
+            None if args.no_compile else args.device,
+        )
     notes = {"sizes": dataclasses.asdict(sizes), "labeller": args.labeller,
              "data": str(args.data or "generated"), "device": args.device,
-             "training overrides": overrides}
-    report_stage(pipeline, sizes, args.device, notes)
+             "training overrides": overrides,
+             "model overrides": {m.name: model_overrides(layout, sizes, m) for m in models}}
+    report_stage(pipeline, models, sizes, args.device, notes)
     print_summary(layout.out)
     return layout.out
 

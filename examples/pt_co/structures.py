@@ -1,7 +1,11 @@
 """Pt + CO structures of the example, its benchmarks and the tests: the one place they are built.
 
 - ``pt111_slab`` / ``add_co``: the Pt(111) slab and CO adsorbate every builder starts from;
-- the data stage's frame kinds (``bulk_eos`` ... ``md_snapshots``), each tagged with its kind;
+- the data stage's frame kinds (``bulk_eos`` ... ``md_snapshots``), each tagged with its kind,
+  among them the paper's system: Pt nanoparticles (cuboctahedra, truncated octahedra) and
+  stepped (211) / (331) slabs with CO on top, bridge and hollow sites (``surface_sites``),
+  bulk with vacancies and thick (111) slabs;
+- ``split_crystal``: the perfect fcc crystal split into a big and a small half (interface test);
 - ``BenchSlab``: large rattled slabs with CO on a grid of top sites for ``nequip-moe bench``
   (``python examples/pt_co/structures.py bench-slabs OUT.xyz`` writes them);
 - ``slab_with_co`` / ``make_frames`` / ``label_regions``: the tests' tiny labelled frames;
@@ -11,11 +15,12 @@
 import argparse
 import dataclasses
 import math
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.build import add_adsorbate, bulk, fcc111, molecule
+from ase.build import add_adsorbate, bulk, fcc111, fcc211, molecule, surface
+from ase.cluster import Octahedron
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
@@ -198,6 +203,192 @@ def md_snapshots(n: int, rng: np.random.Generator, calc, steps_between: int = 10
         snapshot.info = {"kind": "md"}
         frames.append(snapshot)
     return frames
+
+
+# ---------------------------------------------------------------- nanoparticles, steps, defects
+
+NEIGHBOUR_CUTOFF = 3.3  # A: between the first (2.77) and second (3.92) Pt shell
+SITE_HEIGHT = {"top": 1.85, "bridge": 1.55, "hollow": 1.35}  # C above the site (A)
+SITE_KINDS = tuple(SITE_HEIGHT)
+MIN_CO_SPACING = 2.8  # A: closest C-C distance between two CO
+# Octahedron(length, cutoff) of ase.cluster: cuboctahedra have length = 2 cutoff + 1
+PARTICLES = {
+    "to38": (4, 1), "co55": (5, 2), "to79": (5, 1),  # default sizes
+    "to116": (6, 2), "to140": (6, 1), "co147": (7, 3),  # --full adds these
+}
+SMALL_PARTICLES = ("to38", "co55", "to79")
+
+
+def nanoparticle(name: str, vacuum: float = 6.0) -> Atoms:
+    """Pt cuboctahedron (``coNN``) or truncated octahedron (``toNN``) of ``PARTICLES``, centred
+    in a box with ``vacuum`` on every side."""
+    length, cutoff = PARTICLES[name]
+    particle = Octahedron("Pt", length, cutoff, latticeconstant=PT_A0)
+    particle.center(vacuum=vacuum)
+    return particle
+
+
+def stepped_slab(facet: str, layers: Optional[int] = None, vacuum: float = 8.0) -> Atoms:
+    """Stepped Pt slab: ``211`` (3-atom (111) terraces, (100) steps; 36 atoms by default) or
+    ``331`` (3-row (111) terraces, (111) steps; 40 atoms by default)."""
+    if facet == "211":
+        return fcc211("Pt", (3, 2, layers or 6), a=PT_A0, vacuum=vacuum)
+    if facet == "331":
+        cell = bulk("Pt", "fcc", a=PT_A0, cubic=True)
+        return surface(cell, (3, 3, 1), layers or 10, vacuum=vacuum)
+    raise ValueError(f"unknown stepped facet `{facet}`: use 211 or 331")
+
+
+def _pt_neighbours(atoms: Atoms, cutoff: float = NEIGHBOUR_CUTOFF):
+    from matscipy.neighbours import neighbour_list
+    from ase.geometry import complete_cell
+
+    i, j, vectors = neighbour_list(
+        "ijD", positions=atoms.positions, cell=complete_cell(atoms.cell), pbc=atoms.pbc,
+        cutoff=cutoff,
+    )
+    is_pt = atoms.numbers == 78
+    keep = is_pt[i] & is_pt[j]
+    return i[keep], j[keep], vectors[keep]
+
+
+def surface_sites(atoms: Atoms, kind: str) -> List[Dict]:
+    """Adsorption sites of a Pt structure of any shape, from coordination alone.
+
+    Surface atoms are Pt with fewer than 12 Pt neighbours; an atom's outward normal points
+    away from its neighbours. ``top``: one surface atom; ``bridge``: two neighbouring surface
+    atoms; ``hollow``: three mutually neighbouring surface atoms (fcc and hcp sites of (111)
+    facets and terraces). Each site: ``position`` (site point), ``normal`` (unit) and ``atoms``.
+
+    Args:
+        atoms: slab, stepped slab or nanoparticle (Pt only, or Pt with adsorbates)
+        kind: ``top``, ``bridge`` or ``hollow``
+    """
+    i, j, vectors = _pt_neighbours(atoms)
+    count = np.bincount(i, minlength=len(atoms))
+    normal = np.zeros((len(atoms), 3))
+    np.add.at(normal, i, -vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    is_surface = (atoms.numbers == 78) & (count < 12) & (np.linalg.norm(normal, axis=1) > 0.5)
+    normal[is_surface] /= np.linalg.norm(normal[is_surface], axis=1, keepdims=True)
+    bonds = {}
+    for a, b, v in zip(i, j, vectors):
+        if is_surface[a] and is_surface[b]:
+            bonds.setdefault(int(a), {})[int(b)] = v
+
+    def site(members, offsets):
+        n = normal[list(members)].sum(axis=0)
+        if np.linalg.norm(n) < 1e-6:
+            return None
+        return {"position": atoms.positions[members[0]] + np.mean(offsets, axis=0),
+                "normal": n / np.linalg.norm(n), "atoms": tuple(members)}
+
+    sites = []
+    if kind == "top":
+        sites = [site([a], [np.zeros(3)]) for a in np.flatnonzero(is_surface)]
+    elif kind == "bridge":
+        sites = [site([a, b], [np.zeros(3), v])
+                 for a in bonds for b, v in bonds[a].items() if a < b]
+    elif kind == "hollow":
+        for a in bonds:
+            for b, vab in bonds[a].items():
+                for c, vac in bonds[a].items():
+                    if a < b < c and c in bonds[b]:
+                        vbc = vac - vab
+                        if np.linalg.norm(vbc - bonds[b][c]) < 1e-6:  # the same images
+                            sites.append(site([a, b, c], [np.zeros(3), vab, vac]))
+    else:
+        raise ValueError(f"unknown site kind `{kind}`: use one of {SITE_KINDS}")
+    return [s for s in sites if s is not None]
+
+
+def add_co_on_sites(atoms: Atoms, num_co: int, rng: np.random.Generator,
+                    kinds: Sequence[str] = SITE_KINDS) -> int:
+    """Add up to ``num_co`` CO (C down, tilted <= 15 degrees) on random sites of random kinds
+    (``surface_sites``), at least ``MIN_CO_SPACING`` apart and clear of the Pt atoms; returns
+    how many were added."""
+    candidates = [(kind, s) for kind in kinds for s in surface_sites(atoms, kind)]
+    added = 0
+    for index in rng.permutation(len(candidates)):
+        if added == num_co:
+            break
+        kind, s = candidates[index]
+        carbon = s["position"] + SITE_HEIGHT[kind] * s["normal"]
+        tilt = math.radians(rng.uniform(0.0, 15.0))
+        axis = np.cross(s["normal"], rng.normal(size=3))
+        axis /= np.linalg.norm(axis)
+        direction = math.cos(tilt) * s["normal"] + math.sin(tilt) * axis
+        co = Atoms("CO", positions=[carbon, carbon + CO_BOND * direction])
+        probe = atoms + co
+        from_c = probe.get_distances(len(atoms), range(len(atoms)), mic=True)
+        from_o = probe.get_distances(len(atoms) + 1, range(len(atoms)), mic=True)
+        is_pt = atoms.numbers == 78
+        if ((from_c[~is_pt] < MIN_CO_SPACING).any() or (from_c[is_pt] < 1.7).any()
+                or (from_c[is_pt] < 2.3).sum() > len(s["atoms"]) or (from_o[is_pt] < 2.6).any()):
+            continue  # crowded, or a concave site (step foot) where the normal points inwards
+        atoms += co
+        added += 1
+    return added
+
+
+def nanoparticles(n: int, rng: np.random.Generator, sizes: Sequence[str] = SMALL_PARTICLES
+                  ) -> List[Atoms]:
+    """Pt nanoparticles of ``sizes`` in turn with 0-8 CO on top, bridge and hollow sites,
+    rattled 0.05 A."""
+    frames = []
+    for k in range(n):
+        particle = nanoparticle(sizes[k % len(sizes)])
+        add_co_on_sites(particle, int(rng.integers(0, 9)), rng)
+        frames.append(with_kind(rattle(particle, rng, 0.05), "nanoparticle"))
+    return frames
+
+
+def stepped_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
+    """Pt(211) and Pt(331) slabs in turn with 0-4 CO (top, bridge, hollow), rattled 0.05 A."""
+    frames = []
+    for k in range(n):
+        slab = stepped_slab(("211", "331")[k % 2])
+        add_co_on_sites(slab, int(rng.integers(0, 5)), rng)
+        frames.append(with_kind(rattle(slab, rng, 0.05), "stepped"))
+    return frames
+
+
+def bulk_vacancies(n: int, rng: np.random.Generator) -> List[Atoms]:
+    """108-atom fcc cells with 1 or 2 vacancies, strain <= 1 %, rattle 0.02-0.08 A."""
+    frames = []
+    for k in range(n):
+        atoms = pt_bulk(PT_A0, repeat=3)
+        del atoms[rng.choice(len(atoms), 1 + k % 2, replace=False).tolist()]
+        strain = rng.uniform(-0.01, 0.01, (3, 3))
+        atoms.set_cell(atoms.cell @ (np.eye(3) + 0.5 * (strain + strain.T)), scale_atoms=True)
+        frames.append(with_kind(rattle(atoms, rng, rng.uniform(0.02, 0.08)), "vacancy"))
+    return frames
+
+
+def thick_slabs_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
+    """Pt(111) 3x3x8 slabs (bulk-like middle layers) with 1-3 CO, rattled 0.05 A."""
+    return [covered_slab((3, 3, 8), 1 + i % 3, rng, "thick_slab_co") for i in range(n)]
+
+
+# ---------------------------------------------------------------- the interface test
+
+
+def split_crystal(a: float, strain: float = 0.0, repeat=(2, 2, 6)) -> Atoms:
+    """Perfect fcc Pt (conventional cell ``repeat``-ed) at isotropic ``strain``, split by the
+    (001) plane at half height: ``expert`` 0 (big) in the lower half, 1 (small) in the upper
+    half; periodic, so there are two planar interfaces. Every atom is an inversion centre:
+    the reference forces are zero, any model force is artificial.
+
+    Args:
+        a: lattice constant (A) at zero strain
+        strain: isotropic linear strain (e.g. 0.01 for +1 %)
+        repeat: conventional cells along x, y, z (z is split; keep each half wider than
+            twice the largest cutoff)
+    """
+    atoms = pt_bulk(a * (1.0 + strain), repeat=1).repeat(repeat)
+    z = atoms.get_scaled_positions()[:, 2]
+    atoms.arrays["expert"] = np.where(z < 0.5 - 1e-6, 0, 1).astype(np.int64)
+    atoms.info = {"kind": "split_crystal", "strain": float(strain)}
+    return atoms
 
 
 # ---------------------------------------------------------------- benchmark slabs

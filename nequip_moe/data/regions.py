@@ -14,7 +14,7 @@ A rules file (YAML, read by ``read_rules_file``) is a list of rules, or a mappin
 ``rules`` list, an optional ``preset`` and the settings of ``assign_experts``::
 
     preset: {name: pt_co_coordination, expert: big, default_expert: small}
-    buffer_shells: 1
+    buffer_shells: 1          # or `buffer_width: 4.5` (A), a buffer by distance
     rules:
       - {kind: sphere, expert: big, center: [0, 0, 20], radius: 6.0}
 
@@ -357,6 +357,7 @@ def pt_co_coordination(
     bulk_coordination: int = 12,
     bond_cutoff: float = 2.5,
     buffer_shells: int = 1,
+    buffer_width: Optional[float] = None,
 ) -> Tuple[List[Rule], Dict[str, Any]]:
     """Region rules for adsorbates on a metal, for any shape: slabs, steps, nanoparticles, defects.
 
@@ -377,10 +378,13 @@ def pt_co_coordination(
         bulk_coordination: host neighbours of a bulk host atom (default ``12``, fcc)
         bond_cutoff: host-adsorbate bond distance (Å) (default ``2.5``; Pt-C 1.85-2.1 Å)
         buffer_shells: neighbour shells of buffer around the core (default ``1``)
+        buffer_width: buffer by distance (Å) instead of by shells (``buffer_shells`` is then
+            ignored); e.g. the small expert's cutoff, so that no core atom's force carries a
+            small-expert term (default ``None``: shells)
 
     Returns:
         the rules and the ``assign_experts`` settings (``default_expert``, ``buffer_shells``,
-        ``shell_cutoff``)
+        ``shell_cutoff``, and ``buffer_width`` when given)
     """
     rules = [
         Coordination(
@@ -397,11 +401,13 @@ def pt_co_coordination(
         "buffer_shells": buffer_shells,
         "shell_cutoff": coordination_cutoff,
     }
+    if buffer_width is not None:
+        settings.update(buffer_shells=0, buffer_width=float(buffer_width))
     return rules, settings
 
 
 PRESETS = {"pt_co_coordination": pt_co_coordination}
-RULES_FILE_SETTINGS = ("default_expert", "buffer_shells", "shell_cutoff")
+RULES_FILE_SETTINGS = ("default_expert", "buffer_shells", "shell_cutoff", "buffer_width")
 
 
 def read_rules_file(path) -> Tuple[List[Rule], Dict[str, Any]]:
@@ -410,7 +416,7 @@ def read_rules_file(path) -> Tuple[List[Rule], Dict[str, Any]]:
     The file holds a list of rules, or a mapping with an optional ``preset`` (a mapping with
     ``name``, one of ``PRESETS``, and that preset's arguments), an optional ``rules`` list
     (applied after the preset's rules) and optional settings ``default_expert``,
-    ``buffer_shells``, ``shell_cutoff`` (which override the preset's).
+    ``buffer_shells``, ``shell_cutoff``, ``buffer_width`` (which override the preset's).
 
     Args:
         path: the YAML file
@@ -477,12 +483,14 @@ def assign_experts(
     default_expert: str,
     buffer_shells: int = 0,
     shell_cutoff: Optional[float] = None,
+    buffer_width: Optional[float] = None,
 ) -> np.ndarray:
     """Per-atom expert labels from region rules.
 
     Every atom starts with ``default_expert``; then each rule, in order, gives its expert to the
-    atoms it selects, grown by ``buffer_shells`` neighbour shells. A rule that selects no atom
-    warns (naming the rule) and changes nothing.
+    atoms it selects, grown by ``buffer_shells`` neighbour shells or by every atom within
+    ``buffer_width`` Å of a selected atom. A rule that selects no atom warns (naming the rule)
+    and changes nothing.
 
     Args:
         atoms: the structure
@@ -493,6 +501,9 @@ def assign_experts(
         shell_cutoff: neighbour distance (Å) of one shell, between the first and second
             neighbour shell (e.g. 3.3 for Pt); default: 1.2 x the median nearest-neighbour
             distance of the structure (between the shells of fcc and hcp metals)
+        buffer_width: grow each rule's region by the atoms within this distance (Å, minimum
+            image) of it, in one step; ``0`` or ``None``: no buffer by distance. Not together
+            with ``buffer_shells``
 
     Returns:
         int64 array of expert labels; label ``k`` means ``expert_names[k]``
@@ -504,6 +515,13 @@ def assign_experts(
             raise ValueError(f"unknown expert `{expert}`; the experts are {expert_names}")
     if not isinstance(buffer_shells, (int, np.integer)) or buffer_shells < 0:
         raise ValueError(f"buffer_shells must be a non-negative integer, got {buffer_shells!r}")
+    if buffer_width is not None:
+        if not buffer_width >= 0:
+            raise ValueError(f"buffer_width must not be negative, got {buffer_width!r}")
+        if buffer_shells > 0 and buffer_width > 0:
+            raise ValueError("give buffer_shells or buffer_width, not both")
+        if buffer_width > 0:
+            width_i, width_j = _neighbour_pairs(atoms, buffer_width)
     if buffer_shells > 0:
         if shell_cutoff is None:
             shell_cutoff = 1.2 * median_nearest_neighbour_distance(atoms)
@@ -518,6 +536,8 @@ def assign_experts(
             continue
         for _ in range(buffer_shells):
             selected[shell_i[selected[shell_j]]] = True
+        if buffer_width:
+            selected[width_i[selected[width_j]]] = True
         labels[selected] = expert_names.index(rule.expert)
     return labels
 

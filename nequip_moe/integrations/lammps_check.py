@@ -6,6 +6,11 @@ experts (``C O Pt_small Pt``) or element names only (``C O Pt Pt``) run silently
 energies. ``check_lammps_input`` verifies the names against the model's composite-type table,
 the data file's ``Atom Type Labels`` (written by ``nequip-moe assign``) and its masses, and the
 pair style against the model's compile target and its experts' locality.
+
+Gated MoEs (metadata ``moe_gate_model``) have plain element type names (``pair_coeff * * MODEL
+C O Pt``): the names must be the model's elements, and the data file's types are tied to them
+by their type labels if it has any, else by their masses (a data file typed by species needs no
+labels, unless the input checks them, as the inputs ``nequip-moe deploy`` writes do).
 """
 
 import pathlib
@@ -13,13 +18,18 @@ from typing import List, Optional
 
 from ase.data import atomic_masses, atomic_numbers
 
-from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.integrations.lammps_data import read_data_file_types
+from nequip_moe.integrations.lammps_input import LABELS_VARIABLE
 from nequip_moe.integrations.lammps_locality import (
     check_strictly_local,
     compiled_pair_style,
 )
-from nequip_moe.integrations.model_files import is_compiled, read_metadata
+from nequip_moe.integrations.model_files import (
+    GatedTypes,
+    is_compiled,
+    model_types,
+    read_metadata,
+)
 
 _NEWTON = {"allegro": "on", "nequip": "off"}
 
@@ -84,7 +94,9 @@ def check_lammps_input(input_file, model: Optional[str] = None) -> str:
     data_path = input_file.parent / read_data[1]
 
     metadata = read_metadata(model_path)
-    table = CompositeTypeTable.from_metadata(metadata)
+    table = model_types(metadata, f"`{model_path.name}`")
+    gated = isinstance(table, GatedTypes)
+    kind = "types" if gated else "composite types"
     data = read_data_file_types(data_path)
     label_types = {label: t for t, label in data.labels.items()}
     for command in (c for c in commands if c[0] == "mass" and len(c) >= 3):
@@ -124,14 +136,25 @@ def check_lammps_input(input_file, model: Optional[str] = None) -> str:
     if unknown:
         problems.append(
             f"pair_coeff names {', '.join(unknown)}, which the model does not have; its "
-            f"composite types are {table.describe()}"
+            + (
+                f"types are plain elements: {table.describe()} (a gated MoE has no composite "
+                "types or expert labels)"
+                if gated
+                else f"composite types are {table.describe()}"
+            )
         )
     if len(names) != data.num_types:
         problems.append(
             f"`{data_path.name}` has {data.num_types} atom types but pair_coeff names "
-            f"{len(names)}: name one composite type per LAMMPS type"
+            f"{len(names)}: name one {'element' if gated else 'composite type'} per LAMMPS type"
         )
-    if not data.labels:
+    checks_labels = any(LABELS_VARIABLE in word for c in commands for word in c)
+    if not data.labels and gated and checks_labels:
+        problems.append(
+            f"`{data_path.name}` has no Atom Type Labels, which the input checks: write it with "
+            "`nequip-moe assign STRUCTURE --model MODEL --out-lammps FILE` (labels = elements)"
+        )
+    elif not data.labels and not gated:
         problems.append(
             f"`{data_path.name}` has no Atom Type Labels, so nothing ties its types to experts: "
             "write it with `nequip-moe assign` (labels = composite type names)"
@@ -142,7 +165,11 @@ def check_lammps_input(input_file, model: Optional[str] = None) -> str:
             problems.append(
                 f"LAMMPS type {k} is labelled `{label}` in `{data_path.name}` but pair_coeff "
                 f"maps it to `{name}`"
-                + (" (an element name: name the composite type)" if name in atomic_numbers else "")
+                + (
+                    " (an element name: name the composite type)"
+                    if name in atomic_numbers and not gated
+                    else ""
+                )
             )
         if name in table.type_names and k in data.masses:
             element = table.elements[table.type_names.index(name)]
@@ -157,16 +184,22 @@ def check_lammps_input(input_file, model: Optional[str] = None) -> str:
         if all(label in table.type_names for label in labels):
             fix = f"pair_coeff * * {coeff[3]} {' '.join(labels)}"
         raise ValueError(
-            f"`{input_file}` does not map its LAMMPS types onto the model's composite types:\n"
+            f"`{input_file}` does not map its LAMMPS types onto the model's {kind}:\n"
             + "\n".join(f"  - {p}" for p in problems)
             + f"\n  fix: write the input with `nequip-moe deploy`/`assign`, or use `{fix}`"
         )
-    rows = [
-        f"  LAMMPS type {k} `{data.labels[k]}` -> {name} "
-        f"({table.elements[table.type_names.index(name)]}, "
-        f"{table.experts[table.type_names.index(name)]})"
-        for k, name in enumerate(names, 1)
-    ]
+    if gated:
+        rows = [
+            f"  LAMMPS type {k} `{data.labels.get(k, '-')}` -> {name} (element; gate {table.gate})"
+            for k, name in enumerate(names, 1)
+        ]
+    else:
+        rows = [
+            f"  LAMMPS type {k} `{data.labels[k]}` -> {name} "
+            f"({table.elements[table.type_names.index(name)]}, "
+            f"{table.experts[table.type_names.index(name)]})"
+            for k, name in enumerate(names, 1)
+        ]
     return (
         f"{input_file}: pair_style {pair_style} with `{model_path.name}` and "
         f"`{data_path.name}`: the type mapping checks out\n" + "\n".join(rows)

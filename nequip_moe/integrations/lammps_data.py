@@ -1,10 +1,12 @@
-"""LAMMPS data files whose atom types are an MoE model's composite types.
+"""LAMMPS data files whose atom types are an MoE model's type names.
 
-``pair_style allegro`` passes nothing but the atom type of each atom to the model, so an atom's
-expert travels as its composite type. The data files written here have one
-LAMMPS type per composite type, in the model's type order, with the element's mass and the
-composite type name as type label, so that
+``pair_style allegro`` passes nothing but the atom type of each atom to the model. For a
+static MoE an atom's expert therefore travels as its composite type: the data files written
+here have one LAMMPS type per composite type, in the model's type order, with the element's
+mass and the composite type name as type label, so that
 ``pair_coeff * * model.nequip.pt2 <type names>`` maps LAMMPS type ``t`` to model type ``t - 1``.
+A gated MoE (``model_files.GatedTypes``) has plain element type names and no labels: its data
+files are typed by species alone (``C O Pt``), the gate picks each atom's experts at run time.
 Units are LAMMPS ``metal`` (Å), atom style ``atomic``.
 """
 
@@ -19,15 +21,15 @@ from ase import Atoms
 from ase.calculators.lammps import Prism
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
-from nequip_moe._composite import CompositeTypeTable
 from nequip_moe._keys import EXPERT_KEY
+from nequip_moe.integrations.model_files import GatedTypes, TypeTable
 
 # LAMMPS type labels: no leading digit, `#` or `*`, no whitespace
 _TYPE_LABEL = re.compile(r"^[^\d#*\s]\S*$")
 
 
-def write_lammps_data(path, atoms: Atoms, expert, table: CompositeTypeTable) -> None:
-    """Write a LAMMPS data file with one atom type per composite type of the model.
+def write_lammps_data(path, atoms: Atoms, expert, table: TypeTable) -> None:
+    """Write a LAMMPS data file with one atom type per type name of the model.
 
     Atoms are wrapped into the cell along periodic directions; along non-periodic ones they
     must lie inside it, as LAMMPS ``read_data`` drops atoms outside a non-periodic box.
@@ -35,10 +37,12 @@ def write_lammps_data(path, atoms: Atoms, expert, table: CompositeTypeTable) -> 
     Args:
         path: output file
         atoms: the structure, with a 3D cell
-        expert: per-atom expert labels; label ``k`` means ``table.expert_names[k]``
-        table: the model's composite-type table
+        expert: per-atom expert labels; label ``k`` means ``table.expert_names[k]`` (ignored,
+            may be ``None``, for a gated MoE: its atoms are typed by species)
+        table: the model's composite-type table, or ``GatedTypes`` of a gated MoE
     """
-    types = table.type_index(atoms.numbers, expert) + 1
+    gated = isinstance(table, GatedTypes)
+    types = table.type_index(atoms.numbers, None if gated else expert) + 1
     if atoms.cell.rank != 3:
         raise ValueError(
             "a LAMMPS data file needs a 3D cell; give the structure one "
@@ -57,7 +61,13 @@ def write_lammps_data(path, atoms: Atoms, expert, table: CompositeTypeTable) -> 
     positions = prism.vector_to_lammps(atoms.positions, wrap=True)
 
     lines = [
-        "LAMMPS data file written by nequip-moe; atom types are the model's composite types: "
+        (
+            "LAMMPS data file written by nequip-moe; atom types are the gated MoE's elements "
+            f"(no expert labels, the gate {table.gate} weighs the experts): "
+            if gated
+            else "LAMMPS data file written by nequip-moe; atom types are the model's composite "
+            "types: "
+        )
         + " ".join(table.type_names),
         "",
         f"{len(atoms)} atoms",
@@ -149,20 +159,21 @@ def read_data_file_types(path) -> DataFileTypes:
 
 
 def read_lammps_data(
-    path, table: CompositeTypeTable, type_names: Optional[Sequence[str]] = None
+    path, table: TypeTable, type_names: Optional[Sequence[str]] = None
 ) -> Atoms:
     """Read a data file and recover each atom's element and expert from its LAMMPS type.
 
     Args:
         path: LAMMPS data file (units ``metal``)
-        table: the model's composite-type table
+        table: the model's composite-type table, or ``GatedTypes`` of a gated MoE (elements
+            only: no ``expert`` array)
         type_names: model type name of each LAMMPS type, as in the ``pair_coeff`` line
             (default: the file's type labels if it has them, else the model's type names in
             order)
 
     Returns:
-        the structure (in the LAMMPS frame), with the per-atom ``expert`` array and the LAMMPS
-        ``type`` array
+        the structure (in the LAMMPS frame), with the per-atom ``expert`` array (static MoE) and
+        the LAMMPS ``type`` array
     """
     if type_names is None:
         labels = read_data_file_types(path).labels
@@ -175,7 +186,7 @@ def read_lammps_data(
     if unknown:
         raise ValueError(
             f"`{path}`: atom type names {unknown} are not types of the model "
-            f"(its composite types: {table.describe()})"
+            f"(its types: {table.describe()})"
         )
     atoms = ase.io.read(path, format="lammps-data", units="metal")
     lammps_types = atoms.arrays["type"]
@@ -188,11 +199,12 @@ def read_lammps_data(
     model_type = np.array([table.type_names.index(name) for name in type_names])
     model_type = model_type[lammps_types - 1]
     elements = np.array([atomic_numbers[element] for element in table.elements])
-    expert = np.array(table.type_expert_index, dtype=np.int64)
     if atoms.has("masses"):
         _warn_on_mass_mismatch(path, atoms.get_masses(), lammps_types, elements[model_type])
     atoms.numbers = elements[model_type]
-    atoms.arrays[EXPERT_KEY] = expert[model_type]
+    if not isinstance(table, GatedTypes):
+        expert = np.array(table.type_expert_index, dtype=np.int64)
+        atoms.arrays[EXPERT_KEY] = expert[model_type]
     return atoms
 
 

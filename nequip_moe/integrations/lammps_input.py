@@ -33,6 +33,19 @@ is the factor after the last rebalance by the fix (0 until it first rebalances).
 moves the planes of the brick decomposition (default ``comm_style brick``, any pair style);
 ``rcb`` (recursive bisection, ``comm_style tiled``) also balances regions that are not
 slab-like, e.g. a nanoparticle's high-fidelity corner.
+
+Gated MoEs (``model_files.GatedTypes``). LAMMPS types are plain elements (``pair_coeff * *
+model.nequip.pt2 C O Pt``, data file typed by species, the same type-label check). An atom's
+cost is ``c_big [g > 0] + c_small [g < 1]``: it follows the gate ``g``, which the model
+computes from the atom's neighbourhood and LAMMPS does not see, so no atom-style variable can
+weigh it (and weights fixed at t = 0 would go stale as the chemistry moves, which is what the
+gate is for). The input therefore balances atom counts at start-up and, during the run,
+measured time: ``fix balance ... weight time 1.0`` spreads each rank's measured pair (force)
+time over its atoms, so the subdomains follow the real cost, blend zone counted twice
+included. ``--cost-weights`` is refused for gated models. (``weight time`` reads LAMMPS' Pair,
+Neigh, Bond and Kspace timers: with ``pair_style allegro`` the model's time is Pair time. Under
+the fix-external stand-in, ``lammps_driver``, the model runs in Modify time, which it does not
+read, so there it balances little more than neighbour-list work.)
 """
 
 import json
@@ -40,6 +53,7 @@ import pathlib
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.integrations.model_files import GatedTypes, TypeTable
 
 BALANCE_STYLES = ("shift", "rcb", "none")
 PAIR_STYLES = ("allegro", "nequip")
@@ -52,6 +66,14 @@ RUN_THRESHOLD = 1.10
 STOP_THRESHOLD = 1.02
 SHIFT_ITERATIONS = 20
 BALANCE_EVERY = 100
+# gated MoEs: `fix balance` weighs atoms by their rank's measured time (module docstring)
+TIME_WEIGHT = "weight time 1.0"
+GATED_COST_WEIGHTS = (
+    "a gated MoE's per-atom cost follows its gate g (the big expert on atoms with g > 0, the "
+    "small one on atoms with g < 1), which LAMMPS does not see, so per-expert cost weights "
+    "cannot be assigned to atoms: drop --cost-weights; the LAMMPS input balances atom counts "
+    "at start-up and measured time during the run (`fix balance ... weight time 1.0`)"
+)
 
 
 def parse_cost_weights(text: str, expert_names: Sequence[str]) -> Dict[str, float]:
@@ -151,25 +173,41 @@ def cost_variable_line(table: CompositeTypeTable, cost_weights: Mapping[str, flo
 
 
 def balance_lines(
-    table: CompositeTypeTable,
+    table: TypeTable,
     cost_weights: Optional[Mapping[str, float]] = None,
     style: str = "shift",
 ) -> List[str]:
     """Start-up ``balance`` and run-time ``fix balance`` over the MoE's weighted work.
 
     Args:
-        table: the model's composite-type table
+        table: the model's composite-type table, or ``GatedTypes`` of a gated MoE (atom
+            counts at start-up, measured time during the run; no ``cost_weights``)
         cost_weights: cost per atom of each expert; ``None`` balances atom counts
         style: ``shift`` (brick decomposition), ``rcb`` (``comm_style tiled``) or ``none``
     """
     if style not in BALANCE_STYLES:
         raise ValueError(f"balance style `{style}`: choose one of {', '.join(BALANCE_STYLES)}")
+    if isinstance(table, GatedTypes) and cost_weights is not None:
+        raise ValueError(GATED_COST_WEIGHTS)
     if style == "none":
         return []
     method = (
         f"shift xyz {SHIFT_ITERATIONS} {STOP_THRESHOLD:.2f}" if style == "shift" else "rcb"
     )
     lines = ["# balance the work over MPI ranks"]
+    if isinstance(table, GatedTypes):
+        lines += [
+            "# gated MoE: an atom's cost follows its gate g (both experts in the blend zone),",
+            "# which LAMMPS does not see: atom counts at start-up, then measured pair time",
+        ]
+        if style == "rcb":
+            lines.append("comm_style      tiled")
+        lines.append(f"balance         {STARTUP_THRESHOLD:.2f} {method}")
+        lines.append(
+            f"fix             {BALANCE_FIX} all balance {BALANCE_EVERY} {RUN_THRESHOLD:.2f} "
+            f"{method} {TIME_WEIGHT}"
+        )
+        return lines
     if cost_weights is None:
         lines.append(
             "# (atom counts: pass --cost-weights from `nequip-moe bench --json` to weigh experts)"
@@ -194,7 +232,7 @@ def balance_lines(
 
 def lammps_input(
     model_file: Union[str, pathlib.Path],
-    table: CompositeTypeTable,
+    table: TypeTable,
     data_file: Union[str, pathlib.Path],
     pair_style: str = "allegro",
     cost_weights: Optional[Mapping[str, float]] = None,
@@ -213,8 +251,9 @@ def lammps_input(
 
     Args:
         model_file: compiled model as the input names it
-        table: the model's composite-type table; LAMMPS type ``k`` is its ``k``-th type
-        data_file: data file from ``nequip-moe assign`` (type labels = composite type names)
+        table: the model's composite-type table (or ``GatedTypes`` of a gated MoE: element
+            types); LAMMPS type ``k`` is its ``k``-th type
+        data_file: data file from ``nequip-moe assign`` (type labels = the model's type names)
         pair_style: ``allegro`` or ``nequip``
         cost_weights: cost per atom of each expert for load balancing (``None``: atom counts)
         balance: ``shift``, ``rcb`` or ``none`` (``pair_style allegro`` only)
@@ -225,7 +264,11 @@ def lammps_input(
         raise ValueError(f"pair style `{pair_style}`: choose one of {', '.join(PAIR_STYLES)}")
     names = " ".join(table.type_names)
     lines = [
-        f"# NVE of an MoE model; atom types are its composite types {names}",
+        (
+            f"# NVE of a gated MoE model ({table.gate}); atom types are plain elements {names}"
+            if isinstance(table, GatedTypes)
+            else f"# NVE of an MoE model; atom types are its composite types {names}"
+        ),
         "units           metal",
         "atom_style      atomic",
         f"newton          {'on' if pair_style == 'allegro' else 'off'}",

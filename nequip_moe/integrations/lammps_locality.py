@@ -12,6 +12,11 @@ silently wrong.
 the whole periodic system (local atoms, cell and ``edge_cell_shift``) like the ASE calculator
 does, so it is exact for any MoE; so is ``MoECalculator`` on a ``--target ase`` file.
 
+A gated MoE's gate reads only the edges centred on each atom (its neighbours' species and
+distances), so it adds no halo: a gated MoE is strictly local exactly when its experts are,
+and the same check applies (its gate's radii are part of the metadata's
+``per_edge_type_cutoff``, which the pair style and the driver cut the neighbour list with).
+
 The model declares each expert's halo in its metadata ``moe_expert_halo_hops``: one integer
 per expert of ``moe_expert_names``; ``0`` strictly local, ``n > 0`` message passing over ``n``
 extra neighbour shells, ``-1`` unknown receptive field.

@@ -445,7 +445,8 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         """Every expert's per-atom energies, whole-frame forces and frame energies on shared atoms.
 
         Forces need positions that require grad (as inside ``ForceStressOutput``); the force
-        graph is kept for training (``create_graph`` in training mode).
+        graph is kept for training (``create_graph`` in training mode) for experts with trainable
+        parameters only: a frozen expert's forces are targets.
 
         Args:
             data: graph with edge vectors and lengths
@@ -477,10 +478,13 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             energy = torch.where(exact.unsqueeze(-1), energy, 0.0)
             total = energy.sum()
             if pos.requires_grad:
+                # a frozen expert's forces are fixed targets: no graph to differentiate them again
+                expert = list(self.experts.values())[expert_idx]
+                trainable = any(p.requires_grad for p in expert.parameters())
                 (grad,) = torch.autograd.grad(
                     [total],
                     [pos],
-                    create_graph=self.training,
+                    create_graph=self.training and trainable,
                     retain_graph=True,
                     allow_unused=True,
                 )

@@ -7,6 +7,11 @@ them as ``Atom Type Labels``), and writes (``--out-input``) or prints the matchi
 (``nequip_moe.integrations.lammps_input``: type-label check, ``pair_coeff`` from the labels,
 load balancing weighted by ``--cost-weights``). Outputs are written to temporary files
 and renamed only once everything succeeded, so an error never leaves a half-written output.
+
+A gated MoE (metadata ``moe_gate_model``) takes no labels: its gate weighs the experts from
+each atom's neighbourhood at run time. Region rules are refused for it with a message saying
+so; without rules, ``assign`` writes the structure's LAMMPS data file typed by species (type
+labels = the model's element names) and the matching input (``pair_coeff * * MODEL C O Pt``).
 """
 
 import collections
@@ -27,11 +32,15 @@ from nequip_moe.data.regions import (
     preset_rules,
     read_rules_file,
 )
-from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.integrations.lammps_data import write_lammps_data
-from nequip_moe.integrations.lammps_input import PAIR_STYLES, lammps_input, parse_cost_weights
+from nequip_moe.integrations.lammps_input import (
+    GATED_COST_WEIGHTS,
+    PAIR_STYLES,
+    lammps_input,
+    parse_cost_weights,
+)
 from nequip_moe.integrations.lammps_locality import compiled_pair_style, exact_pair_style
-from nequip_moe.integrations.model_files import is_compiled, read_metadata
+from nequip_moe.integrations.model_files import GatedTypes, is_compiled, model_types, read_metadata
 from nequip_moe.scripts.deploy import add_balance_arguments
 
 
@@ -111,6 +120,14 @@ def add_parser(subparsers):
         type=int,
         metavar="N",
         help="grow each rule's region by this many neighbour shells (default: 0)",
+    )
+    parser.add_argument(
+        "--buffer-width",
+        type=float,
+        metavar="A",
+        help="grow each rule's region by every atom within this distance (A) instead of by "
+        "shells, e.g. the small expert's cutoff (the Pt+CO example: --preset "
+        "pt_co_coordination --buffer-width 4.5)",
     )
     parser.add_argument(
         "--shell-cutoff",
@@ -202,14 +219,92 @@ def _write_all_or_nothing(writers):
                 os.remove(tmp)
 
 
+def _write_outputs(args, atoms, expert, table, script):
+    """Write the requested extxyz, LAMMPS data and input files, all or none; returns their paths."""
+    writers = []
+    if args.out_xyz:
+        writers.append((args.out_xyz, lambda p: ase.io.write(p, atoms, format="extxyz")))
+    if args.out_lammps:
+        writers.append((args.out_lammps, lambda p: write_lammps_data(p, atoms, expert, table)))
+    if args.out_input:
+        writers.append((args.out_input, lambda p: pathlib.Path(p).write_text(script)))
+    _write_all_or_nothing(writers)
+    return [path for path, _ in writers]
+
+
+def _report_outputs(args, written, script, lammps_model, pair_style):
+    """Print the written paths, the model file the input names and the input if not written."""
+    for path in written:
+        print(f"wrote {path}")
+    if lammps_model is None:
+        print(
+            "model.nequip.pt2 in the LAMMPS input: the model compiled with `nequip-compile "
+            f"--mode aotinductor --target pair_{pair_style}` (or pass --pair-coeff-model)"
+        )
+    if not args.out_input:
+        print("LAMMPS input:")
+        print("".join(f"  {line}\n" for line in script.splitlines()), end="")
+
+
+_RULE_OPTIONS = {
+    "preset": "--preset",
+    "rules": "--rules",
+    "near": "--near",
+    "top_layers_depth": "--top-layers-depth",
+    "expert": "--expert",
+    "default_expert": "--default",
+    "buffer_shells": "--buffer-shells",
+    "buffer_width": "--buffer-width",
+    "shell_cutoff": "--shell-cutoff",
+    "surface_species": "--surface-species",
+}
+
+
+def _check_no_rules_for_gated(args, table: GatedTypes):
+    given = [
+        flag
+        for name, flag in _RULE_OPTIONS.items()
+        if getattr(args, name, None) not in (None, [], "")
+    ]
+    if given:
+        raise ValueError(
+            f"`{args.model}` is a gated MoE (gate {table.gate}): it takes no expert labels, its "
+            "gate weighs the experts from each atom's neighbourhood while the simulation runs, "
+            f"so there are no regions to assign: drop {', '.join(given)}. Without them, "
+            "`nequip-moe assign STRUCTURE --model MODEL --out-lammps FILE` writes the data "
+            f"file typed by species ({' '.join(table.type_names)}) and its LAMMPS input"
+        )
+    if args.cost_weights:
+        raise ValueError(f"`{args.model}`: {GATED_COST_WEIGHTS}")
+
+
+def _write_gated(args, atoms, table: GatedTypes, lammps_model, pair_style):
+    """A gated MoE: the data file typed by species, its input; no labels."""
+    table.type_index(atoms.numbers)  # every element must be a type of the model
+    if "expert" in atoms.arrays:
+        del atoms.arrays["expert"]  # labels mean nothing to a gated MoE
+    script = lammps_input(
+        lammps_model or "model.nequip.pt2",
+        table,
+        args.out_lammps or "system.data",
+        pair_style=pair_style,
+        balance=args.balance,
+    )
+    written = _write_outputs(args, atoms, None, table, script)
+    print(
+        f"{args.structure}: {len(atoms)} atoms; gated MoE (gate {table.gate}): no expert labels "
+        f"to assign, atoms typed by species {' '.join(table.type_names)}"
+    )
+    _report_outputs(args, written, script, lammps_model, pair_style)
+
+
 def run(args):
     atoms = _read_structure(args.structure, args.index)
-    rules, settings = read_rules_file(args.rules) if args.rules else ([], {})
     metadata = read_metadata(args.model)
-    try:
-        table = CompositeTypeTable.from_metadata(metadata)
-    except ValueError as e:
-        raise ValueError(f"`{args.model}`: {e}") from e
+    table = model_types(metadata, f"`{args.model}`")
+    if isinstance(table, GatedTypes):
+        _check_no_rules_for_gated(args, table)
+    rules, settings = read_rules_file(args.rules) if args.rules else ([], {})
     lammps_model, pair_style = args.pair_coeff_model, exact_pair_style(metadata)
     if is_compiled(args.model):
         try:
@@ -218,6 +313,8 @@ def run(args):
         except ValueError:
             pass  # a `--target ase` file: the input names the file to compile for LAMMPS
     pair_style = args.pair_style or pair_style
+    if isinstance(table, GatedTypes):
+        return _write_gated(args, atoms, table, lammps_model, pair_style)
     cost_weights = (
         parse_cost_weights(args.cost_weights, table.expert_names) if args.cost_weights else None
     )
@@ -225,6 +322,7 @@ def run(args):
         "default_expert": args.default_expert,
         "buffer_shells": args.buffer_shells,
         "shell_cutoff": args.shell_cutoff,
+        "buffer_width": args.buffer_width,
     }
     settings.update({k: v for k, v in flag_settings.items() if v is not None})
     settings.setdefault("default_expert", table.expert_names[-1])
@@ -235,6 +333,8 @@ def run(args):
                 "name": args.preset,
                 "expert": expert_of_rules,
                 "default_expert": settings["default_expert"],
+                # a buffer by distance replaces the preset's buffer shell
+                **({"buffer_width": settings["buffer_width"]} if "buffer_width" in settings else {}),
             }
         )
         rules = preset + rules
@@ -258,32 +358,17 @@ def run(args):
         cost_weights=cost_weights,
         balance=args.balance,
     )
-    writers = []
-    if args.out_xyz:
-        writers.append((args.out_xyz, lambda p: ase.io.write(p, atoms, format="extxyz")))
-    if args.out_lammps:
-        writers.append((args.out_lammps, lambda p: write_lammps_data(p, atoms, expert, table)))
-    if args.out_input:
-        writers.append((args.out_input, lambda p: pathlib.Path(p).write_text(script)))
-    _write_all_or_nothing(writers)
+    written = _write_outputs(args, atoms, expert, table, script)
 
     print(f"{args.structure}: {len(atoms)} atoms; model types {' '.join(table.type_names)}")
     print(
         f"default expert: {settings['default_expert']}; "
-        f"buffer shells: {settings.get('buffer_shells', 0)}"
+        f"buffer shells: {settings.get('buffer_shells', 0)}; "
+        f"buffer width: {settings.get('buffer_width') or 0} A"
     )
     for rule in rules:
         print(f"  rule: {rule}")
     print(f"{'expert':<12}{'atoms':>8}{'fraction':>10}")
     for name, count, fraction in expert_summary(expert, table.expert_names):
         print(f"{name:<12}{count:>8}{fraction:>10.3f}")
-    for path, _ in writers:
-        print(f"wrote {path}")
-    if lammps_model is None:
-        print(
-            "model.nequip.pt2 in the LAMMPS input: the model compiled with `nequip-compile "
-            f"--mode aotinductor --target pair_{pair_style}` (or pass --pair-coeff-model)"
-        )
-    if not args.out_input:
-        print("LAMMPS input:")
-        print("".join(f"  {line}\n" for line in script.splitlines()), end="")
+    _report_outputs(args, written, script, lammps_model, pair_style)

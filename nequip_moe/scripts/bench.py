@@ -159,11 +159,46 @@ def add_parser(subparsers):
     parser.set_defaults(func=run_bench)
 
 
+def _refuse_gated(path):
+    """``bench`` sweeps static high-fidelity fractions by relabelling atoms; a gated MoE's
+    fraction is set by its gate, so it cannot be swept this way: say so up front."""
+    from nequip_moe.integrations.model_files import is_gated, read_metadata
+
+    metadata = read_metadata(path)
+    if is_gated(metadata):
+        raise ValueError(
+            f"`{path}` is a gated MoE ({metadata['moe_gate_model']}): `nequip-moe bench` times "
+            "static MoEs at high-fidelity fractions it sets by relabelling atoms, while a gated "
+            "MoE's fraction follows its gate g on each structure. Time the gated model on the "
+            "structures themselves (e.g. its ASE calculator), or bench its static counterpart"
+        )
+
+
+def _refuse_gated_config(path):
+    import yaml
+
+    try:
+        config = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+        gate = ((config.get("training_module") or {}).get("model") or {}).get("gate")
+    except (yaml.YAMLError, AttributeError):
+        return  # the benchmark's own config reading reports a broken file
+    if gate:
+        raise ValueError(
+            f"`{path}` configures a gated MoE (`gate:`): `nequip-moe bench` times static MoEs "
+            "at high-fidelity fractions it sets by relabelling atoms, while a gated MoE's "
+            "fraction follows its gate; bench a static MoE config"
+        )
+
+
 def run_bench(args):
     files = {name: getattr(args, name) for name in MODEL_NAMES}
     given = [name for name, path in files.items() if path is not None]
     if given and len(given) != len(MODEL_NAMES):
         raise ValueError(f"give all of --moe --big --small or none (got only {given})")
+    if files.get("moe") is not None:
+        _refuse_gated(files["moe"])
+    elif pathlib.Path(args.config).is_file():
+        _refuse_gated_config(args.config)
     if (not given or args.preset) and not pathlib.Path(args.config).is_file():
         raise FileNotFoundError(
             f"config `{args.config}` does not exist: pass --config or --moe/--big/--small"

@@ -12,6 +12,13 @@ message-passing experts included) and ``ase`` (``MoECalculator``). The LAMMPS in
 (``NAME.lammps.in``, from ``nequip_moe.integrations.lammps_input``) is written for the first
 LAMMPS target asked; for ``pair_allegro`` it balances the MoE's weighted work over MPI ranks
 (``--cost-weights``, ``--balance``).
+
+Gated MoEs (metadata ``moe_gate_model``) deploy the same way: their type names are plain
+elements, so the input maps ``pair_coeff * * NAME_pair_allegro.nequip.pt2 C O Pt`` onto a data
+file typed by species (``nequip-moe assign STRUCTURE --model MODEL --out-lammps FILE`` writes
+one, without labels to prepare), ``NAME.types.yaml`` names the gate instead of composite types,
+and the run-time load balancing weighs measured time (a gated atom's cost follows its gate,
+which LAMMPS does not see), so ``--cost-weights`` is refused.
 """
 
 import os
@@ -22,14 +29,14 @@ import tempfile
 
 import yaml
 
-from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.integrations.lammps_input import (
     BALANCE_STYLES,
+    GATED_COST_WEIGHTS,
     lammps_input,
     parse_cost_weights,
 )
 from nequip_moe.integrations.lammps_locality import check_strictly_local
-from nequip_moe.integrations.model_files import read_metadata
+from nequip_moe.integrations.model_files import GatedTypes, model_types, read_metadata
 
 TARGETS = ("pair_allegro", "pair_nequip", "ase")
 DEFAULT_TARGETS = ("pair_allegro", "ase")
@@ -69,7 +76,8 @@ def add_balance_arguments(parser):
         "--cost-weights",
         metavar="NAME=COST,...|BENCH.json",
         help="cost per atom of each expert for MPI load balancing, e.g. big=8.3,small=1, or "
-        "the JSON of `nequip-moe bench --json` (its `cost_weights`); default: atom counts",
+        "the JSON of `nequip-moe bench --json` (its `cost_weights`); default: atom counts "
+        "(gated MoEs: not accepted, their inputs balance measured time)",
     )
     parser.add_argument(
         "--balance",
@@ -107,12 +115,12 @@ def run(args):
     if str(model).endswith(".nequip.pt2"):
         raise ValueError(f"`{model}` is already compiled: deploy a checkpoint or a package")
     metadata = read_metadata(model)
-    try:
-        table = CompositeTypeTable.from_metadata(metadata)
-    except ValueError as e:
-        raise ValueError(f"`{model}`: {e}") from e
+    table = model_types(metadata, f"`{model}`")
+    gated = isinstance(table, GatedTypes)
     if "pair_allegro" in args.targets:
         check_strictly_local(metadata, model.name, "--targets pair_allegro (pair_style allegro)")
+    if gated and args.cost_weights:
+        raise ValueError(f"`{model.name}`: {GATED_COST_WEIGHTS}")
     cost_weights = (
         parse_cost_weights(args.cost_weights, table.expert_names) if args.cost_weights else None
     )
@@ -145,17 +153,14 @@ def run(args):
             compiled[target] = _replace(out, out_dir / out.name)
 
         types_file = work / f"{name}.types.yaml"
-        types_file.write_text(
-            yaml.safe_dump(
-                {
-                    "type_names": table.type_names,
-                    "experts": table.expert_names,
-                    "composite_types": table.to_config(),
-                    "r_max": float(metadata["r_max"]),
-                },
-                sort_keys=False,
-            )
-        )
+        types = {"type_names": table.type_names, "experts": table.expert_names}
+        if gated:
+            # no composite types: the gate weighs the experts (g for the first, 1 - g)
+            types["gate"] = table.gate
+        else:
+            types["composite_types"] = table.to_config()
+        types["r_max"] = float(metadata["r_max"])
+        types_file.write_text(yaml.safe_dump(types, sort_keys=False))
         _replace(types_file, out_dir / types_file.name)
         lammps_targets = [t for t in args.targets if t in ("pair_allegro", "pair_nequip")]
         if lammps_targets:
@@ -172,4 +177,4 @@ def run(args):
                 )
             )
             _replace(script, out_dir / script.name)
-    print(f"composite types: {table.describe()}")
+    print(f"{'types' if gated else 'composite types'}: {table.describe()}")

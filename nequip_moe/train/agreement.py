@@ -27,6 +27,7 @@ from nequip_moe._keys import (
 _EXPERT_FIELDS = {
     AtomicDataDict.PER_ATOM_ENERGY_KEY: EXPERT_ATOMIC_ENERGY_KEY,
     AtomicDataDict.FORCE_KEY: EXPERT_FORCES_KEY,
+    AtomicDataDict.TOTAL_ENERGY_KEY: EXPERT_TOTAL_ENERGY_KEY,
 }
 
 
@@ -44,16 +45,34 @@ def _shared_mask(data: AtomicDataDict.Type) -> torch.Tensor:
     return data[SHARED_KEY].view(-1) != 0
 
 
+def _whole_shared_frames(data: AtomicDataDict.Type) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Boolean mask ``[num_frames]`` of the frames whose atoms are all shared, and the number
+    of atoms of every frame."""
+    shared = _shared_mask(data)
+    if AtomicDataDict.BATCH_KEY in data:
+        batch = data[AtomicDataDict.BATCH_KEY]
+        num_atoms = data[AtomicDataDict.NUM_NODES_KEY].view(-1)
+    else:
+        batch = torch.zeros_like(shared, dtype=torch.long)
+        num_atoms = torch.tensor([shared.numel()], device=shared.device)
+    shared_count = torch.zeros_like(num_atoms).index_add(0, batch, shared.to(num_atoms.dtype))
+    return shared_count == num_atoms, num_atoms
+
+
 class ExpertAgreement(BaseModifier):
     """Pairs of expert predictions on shared atoms, whose mean squared (or absolute) difference is
     the agreement term.
 
     With ``field: atomic_energy`` it compares per-atom energies; with ``field: forces`` each
-    expert's whole-frame forces. Pairs are all pairs of experts, or each expert against
-    ``reference``.
+    expert's whole-frame forces; with ``field: total_energy`` each expert's frame energy per
+    atom, on the frames whose atoms are all shared (e.g. strained bulk frames): the energy that
+    an equation of state is fitted to, without asking the experts to split it into the same
+    per-atom energies (experts with different cutoffs cannot). Pairs are all pairs of
+    experts, or each expert against ``reference``. With a frozen expert as ``reference`` the
+    term distils it into the others on the shared atoms.
 
     Args:
-        field (str): ``atomic_energy`` or ``forces``
+        field (str): ``atomic_energy``, ``forces`` or ``total_energy``
         experts (Sequence[str]): expert names in label order (the keys of the model's ``experts``)
         reference (str): compare every other expert to this one instead of all pairs (default ``None``)
     """
@@ -92,8 +111,12 @@ class ExpertAgreement(BaseModifier):
             raise ValueError(
                 f"the model has {values.size(1)} experts but the metric names {self.experts}"
             )
-        shared = _shared_mask(preds)
-        values = values[shared]
+        if self.quantity == AtomicDataDict.TOTAL_ENERGY_KEY:
+            # per-atom frame energies of the frames whose atoms are all shared
+            whole, num_atoms = _whole_shared_frames(preds)
+            values = (values / num_atoms.to(values.dtype).unsqueeze(-1))[whole]
+        else:
+            values = values[_shared_mask(preds)]
         first = torch.cat([values[:, a] for a, _ in self.pairs], dim=0)
         second = torch.cat([values[:, b] for _, b in self.pairs], dim=0)
         return first, second
@@ -147,15 +170,7 @@ class ExpertError(BaseModifier):
             if self.atoms == "own":
                 mask = mask & (preds[ATOM_EXPERT_KEY].view(-1) == self.expert_idx)
             return values[mask], target[AtomicDataDict.FORCE_KEY][mask]
-        # frames whose atoms are all shared
-        if AtomicDataDict.BATCH_KEY in preds:
-            batch = preds[AtomicDataDict.BATCH_KEY]
-            num_atoms = preds[AtomicDataDict.NUM_NODES_KEY].view(-1)
-        else:
-            batch = torch.zeros_like(shared, dtype=torch.long)
-            num_atoms = torch.tensor([shared.numel()], device=shared.device)
-        shared_count = torch.zeros_like(num_atoms).index_add(0, batch, shared.to(num_atoms.dtype))
-        whole = shared_count == num_atoms
+        whole, num_atoms = _whole_shared_frames(preds)
         per_atom = values / num_atoms.to(values.dtype)
         reference = target[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) / num_atoms.to(values.dtype)
         return per_atom[whole], reference[whole]
@@ -179,3 +194,109 @@ class EmptySafeMSE(_EmptyIsZero, MeanSquaredError):
 
 class EmptySafeMAE(_EmptyIsZero, MeanAbsoluteError):
     """Mean absolute error that is zero (not NaN) when there is nothing to compare."""
+
+
+class InterfaceForceAgreement(BaseModifier):
+    """The artificial force of an expert interface on frames whose atoms are all shared.
+
+    Each wholly shared frame (e.g. a strained or rattled bulk cell) is cut in two by the plane
+    at fractional coordinate ``0.5`` along the cell axis ``axis``: the atoms below it are given
+    to the ``reference`` expert, those above it to the other expert, as an MoE with that split
+    would. On a frame the reference describes alone, the split changes every atom's force by
+
+        dF_i = -d/dr_i sum_{j above} (e_j^other - e_j^reference),
+
+    the interface force: zero by symmetry for a perfect crystal split between two experts
+    that agree, and otherwise the stress the interface puts on the structure. This modifier
+    gives ``(dF, 0)`` for every atom of those frames, so that its mean squared error is the
+    mean squared interface force; as a loss term it makes the experts' per-atom energies
+    respond to displacements the same way near an interface, which neither per-atom energy nor
+    whole-frame force agreement asks for. With more than two experts, every other expert is
+    cut against ``reference``.
+
+    For training losses only: the interface force is a derivative of the per-expert energies,
+    which needs their autograd graph with respect to positions (kept in training); elsewhere
+    the term is empty (zero with :class:`EmptySafeMSE`).
+
+    Args:
+        experts (Sequence[str]): expert names in label order
+        reference (str): the expert below the cut, e.g. a frozen high-fidelity expert
+            (default: the first expert)
+        axis (int): cell axis the cut is normal to, ``0``, ``1`` or ``2`` (default ``0``)
+        constant_reference (bool): treat the reference expert's energies as constants (no
+            second-order graph through it): exact and cheaper when the reference is frozen
+            (MoEModel ``frozen_experts``) (default ``False``)
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[str],
+        reference: Optional[str] = None,
+        axis: int = 0,
+        constant_reference: bool = False,
+    ) -> None:
+        super().__init__(EXPERT_ATOMIC_ENERGY_KEY)
+        self.experts = [str(e) for e in experts]
+        if len(self.experts) < 2:
+            raise ValueError(
+                f"an interface needs at least two experts, but only {self.experts} are given"
+            )
+        reference = self.experts[0] if reference is None else reference
+        if reference not in self.experts:
+            raise ValueError(f"reference expert `{reference}` is not one of {self.experts}")
+        if axis not in (0, 1, 2):
+            raise ValueError(f"InterfaceForceAgreement axis must be 0, 1 or 2, got {axis}")
+        self.reference = self.experts.index(reference)
+        self.axis = int(axis)
+        self.constant_reference = bool(constant_reference)
+
+    def __call__(
+        self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        energies = _expert_field(preds, self.field)
+        if energies.size(1) != len(self.experts):
+            raise ValueError(
+                f"the model has {energies.size(1)} experts but the metric names {self.experts}"
+            )
+        pos = preds[AtomicDataDict.POSITIONS_KEY]
+        whole, _ = _whole_shared_frames(preds)
+        if AtomicDataDict.BATCH_KEY in preds:
+            batch = preds[AtomicDataDict.BATCH_KEY]
+        else:
+            batch = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device)
+        in_frame = whole[batch]
+        empty = pos.new_zeros((0, 3))
+        if (
+            not torch.is_grad_enabled()
+            or not energies.requires_grad
+            or not pos.requires_grad
+            or AtomicDataDict.CELL_KEY not in preds
+            or not bool(in_frame.any())
+        ):
+            return empty, empty
+        cell = preds[AtomicDataDict.CELL_KEY].view(-1, 3, 3)[batch]
+        fractional = torch.linalg.solve(cell.transpose(-1, -2), pos.detach().unsqueeze(-1))
+        fractional = torch.remainder(fractional.squeeze(-1)[:, self.axis], 1.0)
+        above = (in_frame & (fractional >= 0.5)).to(energies.dtype)
+        reference = energies[:, self.reference]
+        forces = []
+        for k in range(len(self.experts)):
+            if k == self.reference:
+                continue
+            (grad_other,) = torch.autograd.grad(
+                [(above * energies[:, k]).sum()], [pos], create_graph=True, retain_graph=True
+            )
+            (grad_reference,) = torch.autograd.grad(
+                [(above * reference).sum()],
+                [pos],
+                create_graph=not self.constant_reference,
+                retain_graph=True,
+            )
+            if self.constant_reference:
+                grad_reference = grad_reference.detach()
+            forces.append((grad_reference - grad_other)[in_frame])
+        delta = torch.cat(forces, dim=0)
+        return delta, torch.zeros_like(delta)
+
+    def __str__(self) -> str:
+        return "interface_force_agreement"

@@ -1,0 +1,232 @@
+"""The Pt + CO example's structures, region labels and report measures, fast (EMT and an
+untrained tiny MoE; no training)."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+EXAMPLE_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "pt_co"
+sys.path.insert(0, str(EXAMPLE_DIR))
+import data as example_data  # noqa: E402
+import measures  # noqa: E402
+import structures  # noqa: E402
+from claims import THRESHOLDS, check_claims  # noqa: E402
+
+
+@pytest.mark.parametrize("strain", [-0.02, 0.0, 0.02])
+def test_split_crystal_is_symmetric(strain):
+    atoms = structures.split_crystal(structures.PT_A0, strain, repeat=(2, 2, 4))
+    assert len(atoms) == 64 and np.bincount(atoms.arrays["expert"]).tolist() == [32, 32]
+    assert atoms.pbc.all()
+    a = structures.PT_A0 * (1 + strain)
+    assert atoms.cell.lengths() == pytest.approx([2 * a, 2 * a, 4 * a])
+    atoms.calc = EMT()  # the reference force is zero by symmetry
+    assert np.abs(atoms.get_forces()).max() < 1e-10
+
+
+def test_co_on_nanoparticle_sites():
+    particle = structures.nanoparticle("co55")
+    assert len(structures.surface_sites(particle, "top")) == 42  # 12 vertices, 24 edges, 6 (100)
+    for kind in ("bridge", "hollow"):
+        assert len(structures.surface_sites(particle, kind)) > 0
+    rng = np.random.default_rng(0)
+    assert structures.add_co_on_sites(particle, 8, rng) == 8
+    is_pt = particle.numbers == 78
+    carbons = np.flatnonzero(particle.numbers == 6)
+    distances = particle.get_all_distances(mic=True)
+    for c in carbons:
+        assert particle.numbers[c + 1] == 8
+        assert distances[c, c + 1] == pytest.approx(structures.CO_BOND)
+        assert 1 <= (distances[c, is_pt] < 2.3).sum() <= 3  # top, bridge or hollow
+        assert distances[c + 1, is_pt].min() > 2.6  # O points away from the particle
+    assert distances[np.ix_(carbons, carbons)][~np.eye(len(carbons), dtype=bool)].min() >= 2.8
+
+
+def test_frame_kinds_and_region_labels():
+    rng = np.random.default_rng(1)
+    frames = (structures.nanoparticles(3, rng) + structures.stepped_with_co(2, rng)
+              + structures.bulk_vacancies(2, rng) + structures.thick_slabs_with_co(1, rng))
+    assert [a.info["kind"] for a in frames] == (
+        ["nanoparticle"] * 3 + ["stepped"] * 2 + ["vacancy"] * 2 + ["thick_slab_co"])
+    assert [int((a.numbers == 78).sum()) for a in frames[:3]] == [38, 55, 79]
+    for atoms in frames:
+        core = example_data.core_atoms(atoms)
+        assert core[atoms.numbers != 78].all()
+        previous = None
+        for width in (0.0, 3.0, 4.5):
+            big = example_data.label_experts(atoms, width) == 0
+            assert (big >= core).all() and (big[core]).all()
+            if width == 0.0:
+                np.testing.assert_array_equal(big, core)
+            if previous is not None:
+                assert (big >= previous).all()  # a wider buffer only adds big-expert atoms
+            previous = big
+    vacancy = frames[5]
+    assert example_data.core_atoms(vacancy).sum() in (12, 24, 23, 22)  # neighbours of 1-2 vacancies
+    assert (example_data.label_experts(vacancy) == 1).any()
+    assert (example_data.label_experts(frames[-1]) == 1).sum() == 36  # 4 middle layers of 8
+    shared = example_data.mark_shared(vacancy)
+    np.testing.assert_array_equal(shared, ~example_data.core_atoms(vacancy))
+
+
+def test_frame_counts_scale():
+    counts = example_data.FrameCounts()
+    assert not counts.large_particles and counts.particle_sizes == structures.SMALL_PARTICLES
+    full = counts.scaled(5.0)
+    assert full.large_particles and full.nanoparticle == 5 * counts.nanoparticle
+    tiny = counts.scaled(0.01)  # at least one frame of every kind
+    assert tiny.total == len(example_data.FrameCounts.count_names())
+    assert "large_particles" not in example_data.FrameCounts.count_names()
+
+
+class TinyModel:
+    """A stand-in for ``measures.ReportModel``: an untrained tiny MoE (or one expert alone)."""
+
+    def __init__(self, name, moe=True):
+        self.name, self.title, self.is_moe, self._moe = name, name, moe, moe
+
+    def calculator(self):
+        import torch
+        from nequip.data.transforms import NeighborListTransform
+
+        from nequip_moe.integrations.ase import MoECalculator
+        from nequip_moe.model import MoEModel
+
+        expert = dict(
+            _target_="allegro.model.AllegroModel", l_max=1, num_layers=1, num_scalar_features=4,
+            num_tensor_features=2, allegro_mlp_hidden_layers_depth=1,
+            allegro_mlp_hidden_layers_width=4, readout_mlp_hidden_layers_depth=1,
+            readout_mlp_hidden_layers_width=4,
+            radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed",
+                                   "num_bessels": 4},
+            avg_num_neighbors=20.0, per_type_energy_scales=0.5,
+        )
+        composite = {"C": {"element": "C", "expert": "big"}, "O": {"element": "O", "expert": "big"},
+                     "Pt": {"element": "Pt", "expert": "big"},
+                     "Pt_small": {"element": "Pt", "expert": "small"}}
+        torch.manual_seed(0)
+        model = MoEModel(
+            seed=0, model_dtype="float64", r_max=4.5, type_names=["C", "O", "Pt", "Pt_small"],
+            composite_types=composite,
+            experts={"big": expert, "small": {**expert, "r_max": 4.0}},
+        )
+        model.eval()
+        calc = MoECalculator(model, device="cpu", transforms=[NeighborListTransform(r_max=4.5)])
+        if self._moe:
+            return calc
+        return _AllBig(calc)
+
+
+class _AllBig:
+    """The MoE with every atom on its big expert: a single model (no interface)."""
+
+    def __init__(self, calc):
+        self.calc = calc
+
+    def __getattr__(self, name):
+        return getattr(self.calc, name)
+
+    def get_property(self, name, atoms, allow_calculation=True):
+        atoms = atoms.copy()
+        atoms.arrays["expert"] = np.zeros(len(atoms), dtype=np.int64)
+        return self.calc.get_property(name, atoms, allow_calculation)
+
+    def get_potential_energy(self, atoms, force_consistent=False):
+        return self.get_property("energy", atoms)
+
+    def get_forces(self, atoms):
+        return self.get_property("forces", atoms)
+
+
+def test_split_crystal_forces_of_an_moe():
+    result = measures.split_crystal_forces(
+        [TinyModel("moe"), TinyModel("big", moe=False)], structures.PT_A0, (-0.01, 0.01),
+        repeat=(1, 1, 6),
+    )
+    assert result["atoms"] == 24 and result["strains"] == [-0.01, 0.01]
+    big = result["models"]["big"]
+    assert big["worst_max_force_mev_per_a"] < 1e-6  # one model: no interface, zero force
+    moe = result["models"]["moe"]["rows"]
+    assert all(r["max_force_mev_per_a"] > 1e-3 for r in moe)  # untrained experts disagree
+    assert all(r["rms_force_mev_per_a"] <= r["max_force_mev_per_a"] for r in moe)
+
+
+def test_buffer_sweep_and_disagreement_of_an_moe():
+    rng = np.random.default_rng(2)
+    frames = example_data.add_region_arrays(
+        [structures.emt_labelled(a) for a in structures.thick_slabs_with_co(1, rng)]
+    )
+    model = TinyModel("moe")
+    reference = measures.predict(TinyModel("big", moe=False).calculator(), frames)
+    sweep = measures.buffer_sweep(model, frames, reference, widths=(0.0, 4.5), repeats=1)
+    rows = sweep["rows"]
+    assert [r["buffer_width_a"] for r in rows] == [0.0, 4.5]
+    assert rows[0]["hf_fraction"] < rows[1]["hf_fraction"] < 1.0
+    c = sweep["cost_ratio_small_over_big"]
+    for r in rows:
+        f = r["hf_fraction"]
+        assert r["ideal_speedup"] == pytest.approx(1.0 / (f + (1.0 - f) * c))
+        assert r["core_ratio_to_all_big"] == pytest.approx(
+            r["core_forces_mae_mev_per_a"] / sweep["all_big"]["core_forces_mae_mev_per_a"])
+    bulk = [structures.emt_labelled(structures.pt_bulk(structures.PT_A0 * s)) for s in (0.99, 1.01)]
+    agreement = measures.expert_disagreement(model, bulk)
+    assert agreement["frames"] == 2 and agreement["energy_mae_mev_per_atom"] > 0
+
+
+def test_errors_partition_and_claims():
+    rng = np.random.default_rng(3)
+    frames = example_data.add_region_arrays(
+        [structures.emt_labelled(a) for a in structures.thick_slabs_with_co(2, rng)]
+        + [structures.emt_labelled(a) for a in structures.bulk_vacancies(1, rng)]
+    )
+    def shifted(shift):
+        return [{"energy": a.get_potential_energy() + shift * len(a),
+                 "forces": a.get_forces() + shift} for a in frames]
+
+    errors = {"big": measures.test_errors(frames, shifted(0.005)),
+              "moe": measures.test_errors(frames, shifted(0.010))}
+    counts = {c: sum(int((measures.atom_classes(a) == c).sum()) for a in frames)
+              for c in measures.ATOM_CLASSES}
+    assert sum(counts.values()) == sum(len(a) for a in frames) and counts["interface"] > 0
+    forces = errors["moe"]["forces_mae_mev_per_a"]
+    assert forces["core"] == pytest.approx(10.0) and forces["interface_far"] == pytest.approx(10.0)
+    assert set(errors["moe"]["by_kind"]) == {"thick_slab_co", "vacancy"}
+    assert errors["moe"]["by_kind"]["vacancy"]["energy_mae_mev_per_atom"] == pytest.approx(10.0)
+    report = {"models": {"big": "all-big", "moe": "MoE"}, "errors": errors, "eos": None,
+              "notes": {}}
+    claims = check_claims(report, "moe")
+    by_text = {c["claim"]: c for c in claims}
+    penalty = next(c for text, c in by_text.items() if "no interface penalty" in text)
+    assert penalty["holds"] and penalty["value"] == pytest.approx(1.0)
+    assert penalty["threshold"] == THRESHOLDS["interface_penalty"]
+    core = next(c for text, c in by_text.items() if "accurate as all-big on the core" in text)
+    assert not core["holds"] and core["value"] == pytest.approx(2.0)
+    for c in claims:  # every claim with a number carries its threshold
+        assert (c["value"] is None) == (c["threshold"] is None)
+
+
+def test_teacher_sanity_and_dt_scaling_with_emt():
+    gas = [structures.emt_labelled(a) for a in structures.gas_co(12, None)]
+    assert measures.co_bond_length(gas) == pytest.approx(1.056, abs=0.01)  # EMT's, not PBE's 1.14
+    eos = [structures.emt_labelled(a) for a in structures.bulk_eos_heldout()]
+    fit = measures.fit_eos([a.get_volume() / len(a) for a in eos],
+                           [a.get_potential_energy() / len(a) for a in eos])
+    sanity = measures.teacher_sanity(fit, gas)
+    assert sanity["a0_A"] == pytest.approx((4 * fit["V0"]) ** (1 / 3))
+    assert sanity["a0_A"] == pytest.approx(3.92, abs=0.01)
+    slab = structures.slab_with_co()
+    runs = measures.nve_timestep_scaling(EMT(), slab, steps=40, timestep_fs=1.0)
+    assert runs["2dt"]["steps"] == 20 and runs["2dt"]["timestep_fs"] == 2.0
+    assert 1.5 <= runs["exponent"] <= 2.5  # Verlet: fluctuation ~ dt^2
+    assert abs(runs["dt"]["drift_mev_per_atom_per_ps"]) < 0.5
+
+
+def test_nve_structure_falls_back_to_a_mixed_slab():
+    slab = structures.slab_with_co()
+    slab.arrays["expert"] = np.zeros(len(slab), dtype=np.int64)  # no small-expert atom
+    atoms = measures.nve_structure([slab])
+    assert (atoms.numbers != 78).any() and set(atoms.arrays["expert"].tolist()) == {0, 1}
+    assert measures.nve_structure([]) is None
