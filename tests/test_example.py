@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from ase.io import write
+from ase.io import read, write
 
 from structures import make_frames
 
@@ -41,7 +41,8 @@ def miniature(tmp_path_factory):
     out = tmp_path_factory.mktemp("pt_co")
     example_run.main(
         ["--out", str(out), "--no-compile", "--labeller", "emt", "--frame-scale", "0.1",
-         "--max-epochs", "1", "--nve-steps", "5", "--adaptive-nve-steps", "0", *TINY_OVERRIDES]
+         "--max-epochs", "1", "--nve-steps", "5", "--adaptive-nve-steps", "0", "--distil", "2",
+         *TINY_OVERRIDES]
     )
     return out
 
@@ -61,6 +62,13 @@ def test_miniature_trains_in_stages_with_epoch_budgets(miniature):
         assert "max_time" not in overrides
         hydra = (miniature / "train" / name / ".hydra" / "hydra.yaml").read_text()
         assert f"config_name: {config}" in hydra
+    # --distil: the co-trained MoE (only) trains on the all-big model's labels of bulk frames
+    assert stages.index("package big") < stages.index("distil") < stages.index("train moe")
+    for name, distilled in (("moe", True), ("moe_noagree", False)):
+        overrides = (miniature / "train" / name / ".hydra" / "overrides.yaml").read_text()
+        assert ("train_file=train_distilled.xyz" in overrides) == distilled
+    train = read(miniature / "data" / "train.xyz", index=":")
+    assert len(read(miniature / "data" / "train_distilled.xyz", index=":")) == len(train) + 2
     report = json.loads((miniature / "report.json").read_text())
     assert report["notes"]["labeller"] == "emt"
     for name, progress in report["notes"]["trained"].items():
@@ -141,6 +149,10 @@ def test_baseline_configs_reuse_the_expert_architecture(name):
 def test_generated_frames_have_labels_and_heldout_eos(tmp_path):
     summary = example_data.make_dataset(tmp_path, example_data.FrameCounts().scaled(0.1))
     assert summary["frames"]["test"] > 0 and summary["eos_frames"] > 0
+    # the written summary names how the frames were labelled (the report quotes it)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["labeller"] == "emt"
+    assert written["buffer_width"] == example_data.DEFAULT_BUFFER_WIDTH
     frames = example_data.read_user_frames(tmp_path / "train.xyz")
     for atoms in frames:
         expert = atoms.arrays["expert"]
@@ -193,3 +205,13 @@ def test_user_rules_label_frames(tmp_path):
 def test_sevenn_labeller_says_how_to_install():
     with pytest.raises(RuntimeError, match="pip install sevenn==0.13.0"):
         example_data.make_labeller("sevenn")
+
+
+@pytest.mark.parametrize("distil", ["3", "-1"])
+def test_bad_distil_is_refused_before_anything_runs(tmp_path, distil):
+    frames = tmp_path / "frames.xyz"
+    frames.write_text("")
+    with pytest.raises(ValueError, match="--distil"):
+        example_run.main(["--out", str(tmp_path / "out"), "--data", str(frames),
+                          "--distil", distil])
+    assert not (tmp_path / "out").exists()

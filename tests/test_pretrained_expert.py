@@ -128,6 +128,23 @@ def test_pretrained_expert_errors(trained_allegro, tmp_path):
         expert_param_groups(moe, {"huge": 0.1})
 
 
+def test_two_packaged_experts_are_refused_while_packaging(allegro_package, tmp_path, monkeypatch):
+    """nequip-package reads every package through one importer: a second package would load
+    the first one's model, so it is refused with a message naming both files."""
+    import shutil
+
+    from nequip_moe.model import moe_model
+
+    other = tmp_path / "other.nequip.zip"
+    shutil.copy(allegro_package, other)
+    monkeypatch.setattr(moe_model, "get_workflow_state", lambda: "package")
+    monkeypatch.setattr(moe_model, "_PACKAGES_LOADED_BY_NEQUIP_PACKAGE", set())
+    moe_model.PretrainedExpert(str(allegro_package))
+    moe_model.PretrainedExpert(str(allegro_package))  # the same package again is fine
+    with pytest.raises(ValueError, match=r"two packages .*other\.nequip\.zip.*checkpoints"):
+        moe_model.PretrainedExpert(str(other))
+
+
 def test_staged_recipe_composes_to_a_pretrained_expert(trained_allegro):
     """configs/pt_co_staged.yaml (the recipe of pt_co_cotrain.yaml's header) composes to an
     expert node that is exactly the `PretrainedExpert` (none of the big expert's Allegro keys

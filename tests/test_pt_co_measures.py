@@ -82,6 +82,33 @@ def test_frame_counts_scale():
     assert "large_particles" not in example_data.FrameCounts.count_names()
 
 
+def test_distilled_frames_take_the_big_experts_labels_on_shared_bulk():
+    """The staged MoE's training split: wholly shared (bulk) frames and extra bulk cells carry
+    the frozen big expert's labels (here Lennard-Jones standing in for it), every other frame
+    keeps the labeller's (EMT)."""
+    from ase.calculators.lj import LennardJones
+
+    rng = np.random.default_rng(2)
+    frames = example_data.add_region_arrays(structures.attach_labels(
+        structures.bulk_strained(2, rng) + structures.bulk_vacancies(1, rng)
+        + structures.slabs_with_co(1, rng), EMT()))
+    big = LennardJones(sigma=2.5, epsilon=0.5, rc=5.0)
+    distilled = example_data.distilled_frames(frames, big, extra=3)
+    assert len(distilled) == len(frames) + 3
+    for atoms in distilled:
+        whole = bool(atoms.arrays["shared"].all())
+        assert whole == atoms.info["kind"].startswith(("bulk_strained", "bulk_distil"))
+        reference = atoms.copy()
+        reference.calc = big if whole else EMT()
+        assert atoms.get_potential_energy() == pytest.approx(reference.get_potential_energy())
+        np.testing.assert_allclose(atoms.get_forces(), reference.get_forces(), atol=1e-10)
+    extra = distilled[len(frames):]
+    assert all(a.info["kind"] == "bulk_distil" and (a.arrays["expert"] == 1).all() for a in extra)
+    # the extra cells are new structures, not copies of the training frames
+    assert not any(np.allclose(a.positions, b.positions) for a in extra for b in frames
+                   if len(a) == len(b))
+
+
 class TinyModel:
     """A stand-in for ``measures.ReportModel``: an untrained tiny MoE (or one expert alone)."""
 

@@ -252,9 +252,18 @@ def split_by_kind(
     return splits
 
 
-def write_dataset(out_dir, splits: Dict[str, List[Atoms]], eos: List[Atoms]) -> Dict:
+def write_dataset(
+    out_dir, splits: Dict[str, List[Atoms]], eos: List[Atoms], notes: Optional[Dict] = None
+) -> Dict:
     """Write ``{train,val,test}.xyz``, ``eos.xyz`` (if ``eos``) and ``summary.json``; returns
-    the summary."""
+    the summary.
+
+    Args:
+        out_dir: output folder
+        splits: frames of each split
+        eos: held-out equation-of-state frames (may be empty)
+        notes: extra entries of the summary (e.g. ``labeller``, ``buffer_width``)
+    """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frames in {**splits, **({"eos": eos} if eos else {})}.items():
@@ -271,6 +280,7 @@ def write_dataset(out_dir, splits: Dict[str, List[Atoms]], eos: List[Atoms]) -> 
         "atoms": {
             name: int(sum(len(a) for a in frames)) for name, frames in splits.items()
         },
+        **dict(notes or {}),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -292,9 +302,38 @@ def make_dataset(
     calc = make_labeller(labeller)
     frames = build_frames(counts, calc, seed, buffer_width)
     eos = add_region_arrays(attach_labels(bulk_eos_heldout(), calc), buffer_width)
-    summary = write_dataset(out_dir, split_by_kind(frames, seed), eos)
-    summary.update(labeller=labeller, buffer_width=buffer_width)
-    return summary
+    return write_dataset(
+        out_dir, split_by_kind(frames, seed), eos,
+        notes={"labeller": labeller, "buffer_width": buffer_width},
+    )
+
+
+def distilled_frames(
+    frames: Sequence[Atoms], calc, extra: int, seed: int = 1
+) -> List[Atoms]:
+    """Training frames of the staged MoE, whose big expert is frozen: ``frames`` with every
+    wholly shared frame (all atoms ``shared``: bulk Pt) relabelled by ``calc`` (the frozen big
+    expert), plus ``extra`` strained and rattled bulk cells labelled by it.
+
+    On shared bulk the small expert should learn the big expert, not the labeller: with the
+    labeller's targets there the data terms pull it away from what the agreement terms ask
+    (the big expert's error), and the experts' bulk response cannot match. Extra cells cost one
+    forward pass of the big expert each.
+
+    Args:
+        frames: the training split (with ``shared`` arrays)
+        calc: ASE calculator of the frozen big expert
+        extra: number of extra bulk cells
+        seed: seed of the extra cells' strains and rattles
+    """
+    shared = [i for i, atoms in enumerate(frames) if atoms.arrays["shared"].all()]
+    distilled = list(frames)
+    for i, atoms in zip(shared, attach_labels([frames[i] for i in shared], calc)):
+        distilled[i] = atoms
+    cells = bulk_strained(extra, np.random.default_rng(seed))
+    for atoms in cells:
+        atoms.info["kind"] = "bulk_distil"
+    return distilled + add_region_arrays(attach_labels(cells, calc))
 
 
 def read_user_frames(path, rules_file=None) -> List[Atoms]:

@@ -382,7 +382,10 @@ def buffer_lines(report: Dict) -> List[str]:
         "fewer edges)"
         + (f"; measured: eager, on a {sweep['timing_atoms']}-atom Pt(111) + CO slab (indicative "
            "on a loaded machine)" if sweep.get("timed") else "")
-        + f". The data's labels use {sweep.get('data_buffer_width')} A; the smallest width with "
+        + f". The data's labels use {sweep.get('data_buffer_width')} A (the default: the small "
+        "expert's cutoff, so that no core atom's force carries a small-expert term; narrower "
+        "buffers are faster, at the small region's error in the column small F MAE); the "
+        "smallest width with "
         f"core force MAE <= {THRESHOLDS['core_force_ratio']}x all-big's: "
         + (f"{sweep['smallest_width_at_parity_a']:g} A." if sweep.get("smallest_width_at_parity_a")
            is not None else "none of those swept."), "",

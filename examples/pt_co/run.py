@@ -5,10 +5,14 @@ Stages, each skipped when its outputs exist (``--force`` reruns them):
 1. data: ``data.py`` writes labelled frames with expert labels to ``out/data/``
 2. train: ``nequip-train -cn CONFIG`` -> ``out/train/NAME/``, for each model in order:
    ``big`` (all-big, ``pt_co_big``), ``small`` (all-small, ``pt_co_small``), then the staged
-   MoEs, whose frozen big expert is the packaged all-big model: ``moe`` (``pt_co_staged``, with
+   MoEs, whose frozen big expert is the packaged all-big model and whose small expert starts
+   from the trained all-small model: ``moe`` (``pt_co_staged``, with
    the agreement terms: the default MoE) and ``moe_noagree`` (``pt_co_staged_noagree``: the
    same without agreement terms); with ``--joint`` also ``moe_joint`` (``pt_co_cotrain``: both
-   experts trained jointly from scratch, co-trained)
+   experts trained jointly from scratch, co-trained). With ``--distil N``, a distil stage
+   before ``moe`` writes ``out/data/train_distilled.xyz`` (the training split with the packaged
+   all-big model's labels on its bulk frames, plus N bulk cells it labels:
+   ``data.distilled_frames``) and ``moe`` trains on it
 3. package: ``nequip-package build`` -> ``out/models/NAME.nequip.zip`` (right after each
    training: the staged MoEs need ``big.nequip.zip``)
 4. compile: ``nequip-compile --mode aotinductor --target ase | pair_allegro``, only the files
@@ -33,6 +37,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from ase.io import read, write
+from nequip.ase import NequIPCalculator
 
 import data
 from measures import ReportModel
@@ -91,8 +97,11 @@ class Model:
         compile_targets: ``nequip-compile`` targets the report uses
         overrides: ``nequip-train`` overrides of this model only
         frozen_big: the model's big expert is the packaged all-big model (``big_model=``),
-            so all-big is trained and packaged first
+            frozen, and its small expert starts from the trained all-small model
+            (``small_model=``, its checkpoint), so both are trained first
         joint: trained only with ``--joint`` (both experts from scratch)
+        distillable: with ``--distil``, trains on the training split distilled by the frozen
+            big expert (``data.distilled_frames``: its labels on shared bulk, plus bulk cells)
     """
 
     name: str
@@ -102,6 +111,7 @@ class Model:
     overrides: Tuple[str, ...] = ()
     frozen_big: bool = False
     joint: bool = False
+    distillable: bool = False
 
     @property
     def config_file(self) -> pathlib.Path:
@@ -113,11 +123,14 @@ MODELS = (
     Model("big", "pt_co_big", "all-big", ("ase",)),
     Model("small", "pt_co_small", "all-small", ("ase",)),
     Model("moe", "pt_co_staged", "MoE (staged, co-trained)", ("ase", "pair_allegro"),
-          frozen_big=True),
+          frozen_big=True, distillable=True),
     # pt_co_staged.yaml with the agreement coefficients 0, without computing the unused terms
     Model("moe_noagree", "pt_co_staged_noagree", "MoE (staged, no agreement)", frozen_big=True),
     Model("moe_joint", "pt_co_cotrain", "MoE (joint, co-trained)", joint=True),
 )
+
+# the distilled training split of the staged co-trained MoE, in the data folder
+DISTILLED_TRAIN = "train_distilled.xyz"
 
 # co-trained MoE -> the same MoE trained without agreement terms (split-crystal comparison)
 WITHOUT_AGREEMENT = {"moe": "moe_noagree"}
@@ -229,15 +242,44 @@ def train_overrides(layout: Layout, extra: Sequence[str]) -> List[str]:
     return [f"data_dir={layout.data.resolve()}", *extra]
 
 
-def model_overrides(layout: Layout, sizes: Sizes, model: Model) -> List[str]:
+def model_overrides(
+    layout: Layout, sizes: Sizes, model: Model, distil: Optional[int] = None
+) -> List[str]:
     """``nequip-train`` overrides of one model: its epochs, its frozen big expert, its own."""
     overrides = []
     if sizes.max_epochs(model.name) is not None:
         overrides.append(f"max_epochs={sizes.max_epochs(model.name)}")
     if model.frozen_big:
-        big = next(m for m in MODELS if m.name == "big")
-        overrides.append(f"big_model={layout.package(big).resolve()}")
+        overrides.append(f"big_model={layout.package(big_model()).resolve()}")
+        # the small expert starts from all-small (its checkpoint: one package per MoE)
+        small = next(m for m in MODELS if m.name == "small")
+        overrides += [f"small_model={layout.checkpoint(small).resolve()}",
+                      "training_module.model.experts.small=${pretrained_small_expert}"]
+    if model.distillable and distil is not None:
+        overrides.append(f"train_file={DISTILLED_TRAIN}")
     return overrides + list(model.overrides)
+
+
+def big_model() -> Model:
+    return next(m for m in MODELS if m.name == "big")
+
+
+def distil_stage(pipeline: Pipeline, extra: int, device: str):
+    """The training split distilled by the packaged all-big model (the staged MoE's frozen big
+    expert): its labels on the wholly shared (bulk) frames and on ``extra`` new bulk cells."""
+    layout = pipeline.layout
+    out = layout.data / DISTILLED_TRAIN
+
+    def distil():
+        calc = NequIPCalculator._from_saved_model(
+            str(layout.package(big_model())), device=device,
+            chemical_species_to_atom_type_map=True,
+        )
+        frames = data.distilled_frames(read(layout.data / "train.xyz", index=":"), calc, extra)
+        write(out, frames, format="extxyz")
+        print(f"    {len(frames)} training frames, {extra} extra bulk cells")
+
+    pipeline.stage("distil", [out], distil)
 
 
 def model_stages(
@@ -399,7 +441,16 @@ def main(args=None) -> pathlib.Path:
     parser.add_argument("--nve-steps", type=int, help="replace the size's nve_steps")
     parser.add_argument("--adaptive-nve-steps", type=int,
                         help="replace the size's adaptive_nve_steps (0: no gated-MoE section)")
+    parser.add_argument("--distil", type=int, metavar="N",
+                        help="train the co-trained staged MoE on the training split with the "
+                        "all-big model's labels on its bulk frames plus N bulk cells it labels "
+                        "(a co-training lever; README.md measures it)")
     args = parser.parse_args(args)
+    if args.distil is not None and args.distil < 0:
+        raise ValueError(f"--distil takes a number of bulk cells >= 0, got {args.distil}")
+    if args.data is not None and args.distil:
+        raise ValueError("--distil N adds fcc Pt bulk cells, made for the generated Pt + CO data: "
+                         "with --data use --distil 0 (the big model's labels on your bulk frames)")
 
     sizes = FULL if args.full else QUICK
     epochs = dict(sizes.epochs)
@@ -426,14 +477,17 @@ def main(args=None) -> pathlib.Path:
     data_stage(pipeline, sizes, args.labeller, args.data, args.rules)
     overrides = train_overrides(layout, args.override)
     for model in models:
+        if model.distillable and args.distil is not None:
+            distil_stage(pipeline, args.distil, args.device)
         model_stages(
-            pipeline, model, [*overrides, *model_overrides(layout, sizes, model)],
+            pipeline, model, [*overrides, *model_overrides(layout, sizes, model, args.distil)],
             None if args.no_compile else args.device,
         )
     notes = {"sizes": dataclasses.asdict(sizes), "labeller": args.labeller,
              "data": str(args.data or "generated"), "device": args.device,
              "training overrides": overrides,
-             "model overrides": {m.name: model_overrides(layout, sizes, m) for m in models}}
+             "model overrides": {m.name: model_overrides(layout, sizes, m, args.distil)
+                                 for m in models}}
     report_stage(pipeline, models, sizes, args.device, notes)
     print_summary(layout.out)
     return layout.out

@@ -15,6 +15,7 @@ from nequip.model import ModelFromCheckpoint, ModelFromPackage, model_builder
 from nequip.model.modify_utils import get_all_modifiers
 from nequip.model.utils import fresh_model_builder_context
 from nequip.nn import graph_model as graph_model_keys
+from nequip.scripts._workflow_utils import get_workflow_state
 from nequip.nn import SequentialGraphNetwork, AtomwiseReduce, ForceStressOutput
 from nequip.nn.convnetlayer import ConvNetLayer
 from nequip.nn.embedding.utils import cutoff_partialdict_to_tensor, cutoff_str_to_fulldict
@@ -315,6 +316,12 @@ def _halo_hops(
     return declared
 
 
+# package files that PretrainedExpert loaded while `nequip-package` builds a model: nequip
+# shares one package importer among every package loaded then (to re-export them), so a
+# second, different package would be read from the first one's importer
+_PACKAGES_LOADED_BY_NEQUIP_PACKAGE: set = set()
+
+
 def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
     """An expert loaded from a nequip checkpoint or ``.nequip.zip`` package.
 
@@ -336,6 +343,17 @@ def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
     # nequip's modifier context again when `nequip-package` builds the MoE from a checkpoint);
     # built as a fresh top-level model, not as a raw module of the MoE builder
     loader = ModelFromPackage if str(path).endswith(".nequip.zip") else ModelFromCheckpoint
+    if loader is ModelFromPackage and get_workflow_state() == "package":
+        resolved = os.path.realpath(path)
+        others = sorted(_PACKAGES_LOADED_BY_NEQUIP_PACKAGE - {resolved})
+        if others:
+            raise ValueError(
+                f"`nequip-package` cannot build an MoE whose pretrained experts come from two "
+                f"packages (`{others[0]}` and `{resolved}`): nequip reads every package loaded "
+                "while packaging through one importer. Start the other experts from their "
+                "checkpoints (PretrainedExpert path=...ckpt)"
+            )
+        _PACKAGES_LOADED_BY_NEQUIP_PACKAGE.add(resolved)
     with fresh_model_builder_context():
         return loader(path)[model_key]
 
