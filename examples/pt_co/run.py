@@ -20,8 +20,8 @@ Stages, each skipped when its outputs exist (``--force`` reruns them):
 5. report: ``report.py`` -> ``out/report.md``, ``out/report.json`` and PNGs
 
 Every training run is bounded by its number of epochs (never by wall clock) and seeded, so
-runs on differently loaded machines train the same models. The default sizes take about 45
-minutes on an idle 2-core machine; ``--full`` (or the environment variable ``PT_CO_FULL=1``)
+runs on differently loaded machines train the same models. The default sizes took 36
+minutes on an idle 2-core machine (README.md); ``--full`` (or the environment variable ``PT_CO_FULL=1``)
 trains at realistic sizes, meant for a GPU.
 """
 
@@ -73,10 +73,9 @@ class Sizes:
         return self.epochs.get(name)
 
 
-# One epoch (with validation), one thread, measured on the default recipe (166 frames, 5419
-# training atoms): all-big 47.0 s, all-small 5.7 s, staged MoE 74.8 s, staged MoE without
-# agreement 21.9 s (joint co-trained MoE ~65 s, scaled from 39.5 s at 3314 atoms). Two idle
-# cores train about 1.6x faster than one. README.md gives the whole run's time.
+# One epoch (stage time / epochs), two idle cores, measured on the default recipe (166 frames,
+# 5419 training atoms): all-big 28.6 s, all-small 4.0 s, staged MoE 37.7 s, staged MoE without
+# agreement 12.9 s (joint co-trained MoE ~65 s on one thread). README.md gives the whole run's time.
 QUICK = Sizes(
     frame_scale=1.0,
     epochs={"big": 25, "small": 30, "moe": 15, "moe_noagree": 15, "moe_joint": 12},
