@@ -26,7 +26,7 @@ Standalone::
 
     python examples/pt_co/adaptive.py --big examples/pt_co/out/models/big.nequip.zip \\
         --small examples/pt_co/out/models/small.nequip.zip --data examples/pt_co/out/data \\
-        --out /tmp/adaptive
+        --out examples/pt_co/out/adaptive
 """
 
 import argparse
