@@ -336,6 +336,31 @@ def test_interface_force_agreement_is_the_split_crystal_force(constant_reference
     assert str(term) == "interface_force_agreement"
 
 
+def test_random_interface_cut_is_a_split_crystal_force():
+    """With ``random_cut``, each call cuts the frame along a drawn axis at a drawn shift (from
+    the term's own seeded generator): the term is the MoE force of that split minus the big
+    expert's, and successive calls see different interfaces."""
+    model = build(TWO_ALLEGRO)
+    model.train()
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 3, 2))
+    atoms.rattle(0.05, seed=4)
+    data = typed_graph(atoms, TWO_ALLEGRO, np.ones(len(atoms), dtype=int))
+    data["shared"] = torch.ones(len(atoms), 1, dtype=torch.long)
+    term = InterfaceForceAgreement(EXPERTS, random_cut=True, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    big = model(dict(typed_graph(atoms, TWO_ALLEGRO, np.zeros(len(atoms), dtype=int))))["forces"]
+    deltas = []
+    for _ in range(2):
+        delta, _ = term(model(dict(data)), data)
+        axis = int(torch.randint(0, 3, (1,), generator=generator))
+        shift = float(torch.rand(1, dtype=torch.float64, generator=generator))
+        above = ((atoms.get_scaled_positions()[:, axis] - shift) % 1.0) >= 0.5
+        split = model(dict(typed_graph(atoms, TWO_ALLEGRO, above.astype(int))))["forces"]
+        torch.testing.assert_close(delta.detach(), (split - big).detach(), atol=1e-10, rtol=0)
+        deltas.append(delta.detach())
+    assert (deltas[0] - deltas[1]).abs().max() > 1e-6
+
+
 def test_interface_force_agreement_needs_whole_shared_frames():
     model = build(TWO_ALLEGRO)
     model.train()

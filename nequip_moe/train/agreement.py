@@ -226,6 +226,11 @@ class InterfaceForceAgreement(BaseModifier):
         constant_reference (bool): treat the reference expert's energies as constants (no
             second-order graph through it): exact and cheaper when the reference is frozen
             (MoEModel ``frozen_experts``) (default ``False``)
+        random_cut (bool): draw, for every frame at every call, the cut's axis and a shift of
+            its two planes (uniform over the cell; torch's seeded generator), so that training
+            sees interfaces at every position relative to the atomic layers; ``axis`` is then
+            unused (default ``False``: the fixed planes ``0`` and ``0.5`` along ``axis``)
+        seed (int): seed of the random cuts' own generator (default ``0``)
     """
 
     def __init__(
@@ -234,6 +239,8 @@ class InterfaceForceAgreement(BaseModifier):
         reference: Optional[str] = None,
         axis: int = 0,
         constant_reference: bool = False,
+        random_cut: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__(EXPERT_ATOMIC_ENERGY_KEY)
         self.experts = [str(e) for e in experts]
@@ -249,6 +256,25 @@ class InterfaceForceAgreement(BaseModifier):
         self.reference = self.experts.index(reference)
         self.axis = int(axis)
         self.constant_reference = bool(constant_reference)
+        self.random_cut = bool(random_cut)
+        self.seed = int(seed)
+        self._generator: Optional[torch.Generator] = None
+
+    def _fractional_along_cut(
+        self, pos: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor, num_frames: int
+    ) -> torch.Tensor:
+        """Every atom's fractional coordinate along its frame's cut axis, shifted so that the
+        cut planes are at ``0`` and ``0.5``."""
+        fractional = torch.linalg.solve(cell.transpose(-1, -2), pos.unsqueeze(-1)).squeeze(-1)
+        if not self.random_cut:
+            return torch.remainder(fractional[:, self.axis], 1.0)
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        axis = torch.randint(0, 3, (num_frames,), generator=self._generator)
+        shift = torch.rand(num_frames, dtype=pos.dtype, generator=self._generator)
+        axis, shift = axis.to(pos.device)[batch], shift.to(pos.device)[batch]
+        along = fractional.gather(1, axis.unsqueeze(-1)).squeeze(-1)
+        return torch.remainder(along - shift, 1.0)
 
     def __call__(
         self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type
@@ -275,8 +301,7 @@ class InterfaceForceAgreement(BaseModifier):
         ):
             return empty, empty
         cell = preds[AtomicDataDict.CELL_KEY].view(-1, 3, 3)[batch]
-        fractional = torch.linalg.solve(cell.transpose(-1, -2), pos.detach().unsqueeze(-1))
-        fractional = torch.remainder(fractional.squeeze(-1)[:, self.axis], 1.0)
+        fractional = self._fractional_along_cut(pos.detach(), cell, batch, whole.numel())
         above = (in_frame & (fractional >= 0.5)).to(energies.dtype)
         reference = energies[:, self.reference]
         forces = []
