@@ -361,6 +361,25 @@ def test_random_interface_cut_is_a_split_crystal_force():
     assert (deltas[0] - deltas[1]).abs().max() > 1e-6
 
 
+def test_interface_cut_leaves_out_cells_thinner_than_min_width():
+    """``min_width`` keeps a frame only where its cell is at least that wide along the cut
+    axis: a 2x3x2 conventional cell (7.8 x 11.8 x 7.8 A) cut normal to y is the split crystal's
+    force, cut normal to x it is left out."""
+    model = build(TWO_ALLEGRO)
+    model.train()
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 3, 2))
+    atoms.rattle(0.05, seed=5)
+    data = typed_graph(atoms, TWO_ALLEGRO, np.ones(len(atoms), dtype=int))
+    data["shared"] = torch.ones(len(atoms), 1, dtype=torch.long)
+    big = model(dict(typed_graph(atoms, TWO_ALLEGRO, np.zeros(len(atoms), dtype=int))))["forces"]
+    above = (atoms.get_scaled_positions()[:, 1] % 1.0) >= 0.5
+    split = model(dict(typed_graph(atoms, TWO_ALLEGRO, above.astype(int))))["forces"]
+    delta, _ = InterfaceForceAgreement(EXPERTS, axis=1, min_width=10.0)(model(dict(data)), data)
+    torch.testing.assert_close(delta.detach(), (split - big).detach(), atol=1e-10, rtol=0)
+    delta, _ = InterfaceForceAgreement(EXPERTS, axis=0, min_width=10.0)(model(dict(data)), data)
+    assert delta.numel() == 0
+
+
 def test_interface_force_agreement_needs_whole_shared_frames():
     model = build(TWO_ALLEGRO)
     model.train()

@@ -93,8 +93,9 @@ def test_distilled_frames_take_the_big_experts_labels_on_shared_bulk():
         structures.bulk_strained(2, rng) + structures.bulk_vacancies(1, rng)
         + structures.slabs_with_co(1, rng), EMT()))
     big = LennardJones(sigma=2.5, epsilon=0.5, rc=5.0)
-    distilled = example_data.distilled_frames(frames, big, extra=3)
-    assert len(distilled) == len(frames) + 3
+    distilled = example_data.distilled_frames(frames, big, extra=3, columns=1)
+    assert len(distilled) == len(frames) + 4
+    assert len(distilled[-1]) == 96 and distilled[-1].cell.lengths()[2] > 22.0
     for atoms in distilled:
         whole = bool(atoms.arrays["shared"].all())
         assert whole == atoms.info["kind"].startswith(("bulk_strained", "bulk_distil"))

@@ -31,6 +31,7 @@ from structures import (
     PARTICLES,
     SMALL_PARTICLES,
     attach_labels,
+    bulk_columns,
     bulk_eos,
     bulk_eos_heldout,
     bulk_strained,
@@ -309,11 +310,13 @@ def make_dataset(
 
 
 def distilled_frames(
-    frames: Sequence[Atoms], calc, extra: int, seed: int = 1
+    frames: Sequence[Atoms], calc, extra: int, seed: int = 1, columns: int = 0
 ) -> List[Atoms]:
     """Training frames of the staged MoE, whose big expert is frozen: ``frames`` with every
     wholly shared frame (all atoms ``shared``: bulk Pt) relabelled by ``calc`` (the frozen big
-    expert), plus ``extra`` strained and rattled bulk cells labelled by it.
+    expert), plus ``extra`` strained and rattled bulk cells and ``columns`` long ones
+    (``structures.bulk_columns``: cells an interface cut normal to z splits like the split
+    perfect crystal) labelled by it.
 
     On shared bulk the small expert should learn the big expert, not the labeller: with the
     labeller's targets there the data terms pull it away from what the agreement terms ask
@@ -325,12 +328,14 @@ def distilled_frames(
         calc: ASE calculator of the frozen big expert
         extra: number of extra bulk cells
         seed: seed of the extra cells' strains and rattles
+        columns: number of extra long bulk cells
     """
     shared = [i for i, atoms in enumerate(frames) if atoms.arrays["shared"].all()]
     distilled = list(frames)
     for i, atoms in zip(shared, attach_labels([frames[i] for i in shared], calc)):
         distilled[i] = atoms
-    cells = bulk_strained(extra, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    cells = bulk_strained(extra, rng) + bulk_columns(columns, rng)
     for atoms in cells:
         atoms.info["kind"] = "bulk_distil"
     return distilled + add_region_arrays(attach_labels(cells, calc))

@@ -136,6 +136,20 @@ def bulk_strained(n: int, rng: np.random.Generator) -> List[Atoms]:
     return frames
 
 
+def bulk_columns(n: int, rng: np.random.Generator, length: int = 6) -> List[Atoms]:
+    """2 x 2 x ``length`` conventional cells (96 atoms at the default), symmetric strain
+    <= 3 %, rattle 0.02-0.1 A: long along z, so that a cut normal to z (the interface term's)
+    leaves each half wider than twice the cutoff, like the split perfect crystal."""
+    frames = []
+    for _ in range(n):
+        atoms = pt_bulk(PT_A0, repeat=1).repeat((2, 2, length))
+        strain = rng.uniform(-0.03, 0.03, (3, 3))
+        strain = 0.5 * (strain + strain.T)
+        atoms.set_cell(atoms.cell @ (np.eye(3) + strain), scale_atoms=True)
+        frames.append(with_kind(rattle(atoms, rng, rng.uniform(0.02, 0.1)), "bulk_column"))
+    return frames
+
+
 def _random_co(slab: Atoms, site: str, offset, rng: np.random.Generator, height=None) -> None:
     """CO at ``site`` of cell ``offset``, tilted by up to 15 degrees in a random direction."""
     tilt = math.radians(rng.uniform(0.0, 15.0))

@@ -231,6 +231,11 @@ class InterfaceForceAgreement(BaseModifier):
             sees interfaces at every position relative to the atomic layers; ``axis`` is then
             unused (default ``False``: the fixed planes ``0`` and ``0.5`` along ``axis``)
         seed (int): seed of the random cuts' own generator (default ``0``)
+        min_width (float): leave out frames whose cell is thinner than this along the cut
+            axis (the spacing of the cell's planes normal to it, in length units); at twice
+            the cutoff every atom near a cut sees its own expert's bulk on the far side, as at
+            a real interface, where in a thinner cell it sees the other cut too (default
+            ``0.0``: every wholly shared frame)
     """
 
     def __init__(
@@ -241,6 +246,7 @@ class InterfaceForceAgreement(BaseModifier):
         constant_reference: bool = False,
         random_cut: bool = False,
         seed: int = 0,
+        min_width: float = 0.0,
     ) -> None:
         super().__init__(EXPERT_ATOMIC_ENERGY_KEY)
         self.experts = [str(e) for e in experts]
@@ -258,23 +264,20 @@ class InterfaceForceAgreement(BaseModifier):
         self.constant_reference = bool(constant_reference)
         self.random_cut = bool(random_cut)
         self.seed = int(seed)
+        self.min_width = float(min_width)
         self._generator: Optional[torch.Generator] = None
 
-    def _fractional_along_cut(
-        self, pos: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor, num_frames: int
-    ) -> torch.Tensor:
-        """Every atom's fractional coordinate along its frame's cut axis, shifted so that the
-        cut planes are at ``0`` and ``0.5``."""
-        fractional = torch.linalg.solve(cell.transpose(-1, -2), pos.unsqueeze(-1)).squeeze(-1)
+    def _cuts(self, num_frames: int, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's cut axis and the shift of its planes (fractional)."""
         if not self.random_cut:
-            return torch.remainder(fractional[:, self.axis], 1.0)
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed)
-        axis = torch.randint(0, 3, (num_frames,), generator=self._generator)
-        shift = torch.rand(num_frames, dtype=pos.dtype, generator=self._generator)
-        axis, shift = axis.to(pos.device)[batch], shift.to(pos.device)[batch]
-        along = fractional.gather(1, axis.unsqueeze(-1)).squeeze(-1)
-        return torch.remainder(along - shift, 1.0)
+            axis = torch.full((num_frames,), self.axis, dtype=torch.long)
+            shift = torch.zeros(num_frames, dtype=pos.dtype)
+        else:
+            if self._generator is None:
+                self._generator = torch.Generator().manual_seed(self.seed)
+            axis = torch.randint(0, 3, (num_frames,), generator=self._generator)
+            shift = torch.rand(num_frames, dtype=pos.dtype, generator=self._generator)
+        return axis.to(pos.device), shift.to(pos.device)
 
     def __call__(
         self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type
@@ -300,9 +303,21 @@ class InterfaceForceAgreement(BaseModifier):
             or not bool(in_frame.any())
         ):
             return empty, empty
-        cell = preds[AtomicDataDict.CELL_KEY].view(-1, 3, 3)[batch]
-        fractional = self._fractional_along_cut(pos.detach(), cell, batch, whole.numel())
-        above = (in_frame & (fractional >= 0.5)).to(energies.dtype)
+        frame_cells = preds[AtomicDataDict.CELL_KEY].view(-1, 3, 3)
+        axis, shift = self._cuts(whole.numel(), pos)
+        if self.min_width > 0.0:
+            # plane spacing normal to each cell axis: 1 / |reciprocal vector|
+            widths = 1.0 / torch.linalg.inv(frame_cells.detach()).norm(dim=1)
+            whole = whole & (widths.gather(1, axis.unsqueeze(-1)).squeeze(-1) >= self.min_width)
+            in_frame = whole[batch]
+            if not bool(in_frame.any()):
+                return empty, empty
+        fractional = torch.linalg.solve(
+            frame_cells[batch].transpose(-1, -2), pos.detach().unsqueeze(-1)
+        ).squeeze(-1)
+        along = fractional.gather(1, axis[batch].unsqueeze(-1)).squeeze(-1)
+        above = (in_frame & (torch.remainder(along - shift[batch], 1.0) >= 0.5))
+        above = above.to(energies.dtype)
         reference = energies[:, self.reference]
         forces = []
         for k in range(len(self.experts)):
