@@ -336,19 +336,26 @@ def test_interface_force_agreement_is_the_split_crystal_force(constant_reference
     assert str(term) == "interface_force_agreement"
 
 
+def _shared_bulk_cell(seed: int):
+    """A training-mode two-expert model, a rattled 2x3x2 conventional Pt cell, its graph with
+    every atom shared (labelled small) and the big expert's forces on it."""
+    model = build(TWO_ALLEGRO)
+    model.train()
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 3, 2))
+    atoms.rattle(0.05, seed=seed)
+    data = typed_graph(atoms, TWO_ALLEGRO, np.ones(len(atoms), dtype=int))
+    data["shared"] = torch.ones(len(atoms), 1, dtype=torch.long)
+    big = model(dict(typed_graph(atoms, TWO_ALLEGRO, np.zeros(len(atoms), dtype=int))))["forces"]
+    return model, atoms, data, big
+
+
 def test_random_interface_cut_is_a_split_crystal_force():
     """With ``random_cut``, each call cuts the frame along a drawn axis at a drawn shift (from
     the term's own seeded generator): the term is the MoE force of that split minus the big
     expert's, and successive calls see different interfaces."""
-    model = build(TWO_ALLEGRO)
-    model.train()
-    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 3, 2))
-    atoms.rattle(0.05, seed=4)
-    data = typed_graph(atoms, TWO_ALLEGRO, np.ones(len(atoms), dtype=int))
-    data["shared"] = torch.ones(len(atoms), 1, dtype=torch.long)
+    model, atoms, data, big = _shared_bulk_cell(seed=4)
     term = InterfaceForceAgreement(EXPERTS, random_cut=True, seed=7)
     generator = torch.Generator().manual_seed(7)
-    big = model(dict(typed_graph(atoms, TWO_ALLEGRO, np.zeros(len(atoms), dtype=int))))["forces"]
     deltas = []
     for _ in range(2):
         delta, _ = term(model(dict(data)), data)
@@ -365,13 +372,7 @@ def test_interface_cut_leaves_out_cells_thinner_than_min_width():
     """``min_width`` keeps a frame only where its cell is at least that wide along the cut
     axis: a 2x3x2 conventional cell (7.8 x 11.8 x 7.8 A) cut normal to y is the split crystal's
     force, cut normal to x it is left out."""
-    model = build(TWO_ALLEGRO)
-    model.train()
-    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 3, 2))
-    atoms.rattle(0.05, seed=5)
-    data = typed_graph(atoms, TWO_ALLEGRO, np.ones(len(atoms), dtype=int))
-    data["shared"] = torch.ones(len(atoms), 1, dtype=torch.long)
-    big = model(dict(typed_graph(atoms, TWO_ALLEGRO, np.zeros(len(atoms), dtype=int))))["forces"]
+    model, atoms, data, big = _shared_bulk_cell(seed=5)
     above = (atoms.get_scaled_positions()[:, 1] % 1.0) >= 0.5
     split = model(dict(typed_graph(atoms, TWO_ALLEGRO, above.astype(int))))["forces"]
     delta, _ = InterfaceForceAgreement(EXPERTS, axis=1, min_width=10.0)(model(dict(data)), data)

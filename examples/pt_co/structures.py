@@ -124,30 +124,26 @@ def bulk_eos_heldout(scales: Sequence[float] = EOS_SCALES) -> List[Atoms]:
     return [with_kind(pt_bulk(PT_A0 * s), "eos_heldout") for s in scales]
 
 
+def _strain_and_rattle(atoms: Atoms, rng: np.random.Generator, kind: str) -> Atoms:
+    """``atoms`` under a random symmetric strain <= 3 %, rattled by 0.02-0.1 A, as ``kind``."""
+    strain = rng.uniform(-0.03, 0.03, (3, 3))
+    strain = 0.5 * (strain + strain.T)
+    atoms.set_cell(atoms.cell @ (np.eye(3) + strain), scale_atoms=True)
+    return with_kind(rattle(atoms, rng, rng.uniform(0.02, 0.1)), kind)
+
+
 def bulk_strained(n: int, rng: np.random.Generator) -> List[Atoms]:
     """32- or 108-atom cells, symmetric strain <= 3 %, rattle 0.02-0.1 A."""
-    frames = []
-    for i in range(n):
-        atoms = pt_bulk(PT_A0, repeat=3 if i % 5 == 4 else 2)
-        strain = rng.uniform(-0.03, 0.03, (3, 3))
-        strain = 0.5 * (strain + strain.T)
-        atoms.set_cell(atoms.cell @ (np.eye(3) + strain), scale_atoms=True)
-        frames.append(with_kind(rattle(atoms, rng, rng.uniform(0.02, 0.1)), "bulk_strained"))
-    return frames
+    cells = (pt_bulk(PT_A0, repeat=3 if i % 5 == 4 else 2) for i in range(n))
+    return [_strain_and_rattle(atoms, rng, "bulk_strained") for atoms in cells]
 
 
 def bulk_columns(n: int, rng: np.random.Generator, length: int = 6) -> List[Atoms]:
     """2 x 2 x ``length`` conventional cells (96 atoms at the default), symmetric strain
     <= 3 %, rattle 0.02-0.1 A: long along z, so that a cut normal to z (the interface term's)
     leaves each half wider than twice the cutoff, like the split perfect crystal."""
-    frames = []
-    for _ in range(n):
-        atoms = pt_bulk(PT_A0, repeat=1).repeat((2, 2, length))
-        strain = rng.uniform(-0.03, 0.03, (3, 3))
-        strain = 0.5 * (strain + strain.T)
-        atoms.set_cell(atoms.cell @ (np.eye(3) + strain), scale_atoms=True)
-        frames.append(with_kind(rattle(atoms, rng, rng.uniform(0.02, 0.1)), "bulk_column"))
-    return frames
+    cells = (pt_bulk(PT_A0, repeat=1).repeat((2, 2, length)) for _ in range(n))
+    return [_strain_and_rattle(atoms, rng, "bulk_column") for atoms in cells]
 
 
 def _random_co(slab: Atoms, site: str, offset, rng: np.random.Generator, height=None) -> None:
