@@ -368,6 +368,24 @@ def test_random_interface_cut_is_a_split_crystal_force():
     assert (deltas[0] - deltas[1]).abs().max() > 1e-6
 
 
+def test_own_expert_interface_force_vanishes_away_from_the_cut():
+    """``own_expert_reference``: the term is the split MoE's force minus each atom's own expert
+    alone (big below the cut, small above), the force the interface alone adds."""
+    model, atoms, data, big = _shared_bulk_cell(seed=6)
+    small = model(dict(typed_graph(atoms, TWO_ALLEGRO, np.ones(len(atoms), dtype=int))))["forces"]
+    term = InterfaceForceAgreement(
+        EXPERTS, axis=1, constant_reference=True, own_expert_reference=True
+    )
+    delta, _ = term(model(dict(data)), data)
+    above = (atoms.get_scaled_positions()[:, 1] % 1.0) >= 0.5
+    split = model(dict(typed_graph(atoms, TWO_ALLEGRO, above.astype(int))))["forces"]
+    own = torch.where(torch.as_tensor(above).unsqueeze(-1), small, big)
+    torch.testing.assert_close(delta.detach(), (split - own).detach(), atol=1e-10, rtol=0)
+    # the plain term differs by the experts' bulk force difference above the cut
+    plain, _ = InterfaceForceAgreement(EXPERTS, axis=1)(model(dict(data)), data)
+    assert (plain - delta).detach()[torch.as_tensor(above)].abs().max() > 1e-4
+
+
 def test_interface_cut_leaves_out_cells_thinner_than_min_width():
     """``min_width`` keeps a frame only where its cell is at least that wide along the cut
     axis: a 2x3x2 conventional cell (7.8 x 11.8 x 7.8 A) cut normal to y is the split crystal's

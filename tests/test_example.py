@@ -42,6 +42,7 @@ def miniature(tmp_path_factory):
     example_run.main(
         ["--out", str(out), "--no-compile", "--labeller", "emt", "--frame-scale", "0.1",
          "--max-epochs", "1", "--nve-steps", "5", "--adaptive-nve-steps", "0", "--distil", "2",
+         "--columns", "1",
          *TINY_OVERRIDES]
     )
     return out
@@ -62,13 +63,15 @@ def test_miniature_trains_in_stages_with_epoch_budgets(miniature):
         assert "max_time" not in overrides
         hydra = (miniature / "train" / name / ".hydra" / "hydra.yaml").read_text()
         assert f"config_name: {config}" in hydra
-    # --distil: the co-trained MoE (only) trains on the all-big model's labels of bulk frames
+    # distil stage: the co-trained MoE (only) trains on the all-big model's labels of bulk
+    # frames, 2 cubic cells (--distil) and 1 long one (--columns)
     assert stages.index("package big") < stages.index("distil") < stages.index("train moe")
     for name, distilled in (("moe", True), ("moe_noagree", False)):
         overrides = (miniature / "train" / name / ".hydra" / "overrides.yaml").read_text()
         assert ("train_file=train_distilled.xyz" in overrides) == distilled
     train = read(miniature / "data" / "train.xyz", index=":")
-    assert len(read(miniature / "data" / "train_distilled.xyz", index=":")) == len(train) + 2
+    distilled = read(miniature / "data" / "train_distilled.xyz", index=":")
+    assert len(distilled) == len(train) + 3 and len(distilled[-1]) == 96
     report = json.loads((miniature / "report.json").read_text())
     assert report["notes"]["labeller"] == "emt"
     for name, progress in report["notes"]["trained"].items():
@@ -207,11 +210,12 @@ def test_sevenn_labeller_says_how_to_install():
         example_data.make_labeller("sevenn")
 
 
-@pytest.mark.parametrize("distil", ["3", "-1"])
-def test_bad_distil_is_refused_before_anything_runs(tmp_path, distil):
+@pytest.mark.parametrize("flag", ["--distil", "--columns"])
+@pytest.mark.parametrize("cells", ["3", "-1"])
+def test_bad_distil_is_refused_before_anything_runs(tmp_path, flag, cells):
+    """Bulk cells to add: never negative, and fcc Pt only with the generated data."""
     frames = tmp_path / "frames.xyz"
     frames.write_text("")
-    with pytest.raises(ValueError, match="--distil"):
-        example_run.main(["--out", str(tmp_path / "out"), "--data", str(frames),
-                          "--distil", distil])
+    with pytest.raises(ValueError, match=flag):
+        example_run.main(["--out", str(tmp_path / "out"), "--data", str(frames), flag, cells])
     assert not (tmp_path / "out").exists()

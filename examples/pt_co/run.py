@@ -9,10 +9,10 @@ Stages, each skipped when its outputs exist (``--force`` reruns them):
    from the trained all-small model: ``moe`` (``pt_co_staged``, with
    the agreement terms: the default MoE) and ``moe_noagree`` (``pt_co_staged_noagree``: the
    same without agreement terms); with ``--joint`` also ``moe_joint`` (``pt_co_cotrain``: both
-   experts trained jointly from scratch, co-trained). With ``--distil N``, a distil stage
-   before ``moe`` writes ``out/data/train_distilled.xyz`` (the training split with the packaged
-   all-big model's labels on its bulk frames, plus N bulk cells it labels:
-   ``data.distilled_frames``) and ``moe`` trains on it
+   experts trained jointly from scratch, co-trained). With ``--distil N`` or ``--columns M``,
+   a distil stage before ``moe`` writes ``out/data/train_distilled.xyz`` (the training split
+   with the packaged all-big model's labels on its bulk frames, plus N cubic and M long bulk
+   cells it labels: ``data.distilled_frames``) and ``moe`` trains on it
 3. package: ``nequip-package build`` -> ``out/models/NAME.nequip.zip`` (right after each
    training: the staged MoEs need ``big.nequip.zip``)
 4. compile: ``nequip-compile --mode aotinductor --target ase | pair_allegro``, only the files
@@ -20,8 +20,8 @@ Stages, each skipped when its outputs exist (``--force`` reruns them):
 5. report: ``report.py`` -> ``out/report.md``, ``out/report.json`` and PNGs
 
 Every training run is bounded by its number of epochs (never by wall clock) and seeded, so
-runs on differently loaded machines train the same models. The default sizes took 36
-minutes on an idle 2-core machine (README.md); ``--full`` (or the environment variable ``PT_CO_FULL=1``)
+runs on differently loaded machines train the same models. The default sizes took 36-49
+minutes on idle 2-core machines (README.md); ``--full`` (or the environment variable ``PT_CO_FULL=1``)
 trains at realistic sizes, meant for a GPU.
 """
 
@@ -99,8 +99,9 @@ class Model:
             frozen, and its small expert starts from the trained all-small model
             (``small_model=``, its checkpoint), so both are trained first
         joint: trained only with ``--joint`` (both experts from scratch)
-        distillable: with ``--distil``, trains on the training split distilled by the frozen
-            big expert (``data.distilled_frames``: its labels on shared bulk, plus bulk cells)
+        distillable: with ``--distil`` or ``--columns``, trains on the training split
+            distilled by the frozen big expert (``data.distilled_frames``: its labels on
+            shared bulk, plus bulk cells)
     """
 
     name: str
@@ -241,9 +242,7 @@ def train_overrides(layout: Layout, extra: Sequence[str]) -> List[str]:
     return [f"data_dir={layout.data.resolve()}", *extra]
 
 
-def model_overrides(
-    layout: Layout, sizes: Sizes, model: Model, distil: Optional[int] = None
-) -> List[str]:
+def model_overrides(layout: Layout, sizes: Sizes, model: Model, distil: bool) -> List[str]:
     """``nequip-train`` overrides of one model: its epochs, its frozen big expert, its own."""
     overrides = []
     if sizes.max_epochs(model.name) is not None:
@@ -254,7 +253,7 @@ def model_overrides(
         small = next(m for m in MODELS if m.name == "small")
         overrides += [f"small_model={layout.checkpoint(small).resolve()}",
                       "training_module.model.experts.small=${pretrained_small_expert}"]
-    if model.distillable and distil is not None:
+    if model.distillable and distil:
         overrides.append(f"train_file={DISTILLED_TRAIN}")
     return overrides + list(model.overrides)
 
@@ -263,9 +262,10 @@ def big_model() -> Model:
     return next(m for m in MODELS if m.name == "big")
 
 
-def distil_stage(pipeline: Pipeline, extra: int, device: str):
+def distil_stage(pipeline: Pipeline, extra: int, columns: int, device: str):
     """The training split distilled by the packaged all-big model (the staged MoE's frozen big
-    expert): its labels on the wholly shared (bulk) frames and on ``extra`` new bulk cells."""
+    expert): its labels on the wholly shared (bulk) frames, on ``extra`` new cubic bulk cells
+    and on ``columns`` long ones."""
     layout = pipeline.layout
     out = layout.data / DISTILLED_TRAIN
 
@@ -274,9 +274,11 @@ def distil_stage(pipeline: Pipeline, extra: int, device: str):
             str(layout.package(big_model())), device=device,
             chemical_species_to_atom_type_map=True,
         )
-        frames = data.distilled_frames(read(layout.data / "train.xyz", index=":"), calc, extra)
+        frames = data.distilled_frames(
+            read(layout.data / "train.xyz", index=":"), calc, extra, columns=columns
+        )
         write(out, frames, format="extxyz")
-        print(f"    {len(frames)} training frames, {extra} extra bulk cells")
+        print(f"    {len(frames)} training frames, {extra} cubic and {columns} long bulk cells")
 
     pipeline.stage("distil", [out], distil)
 
@@ -442,14 +444,21 @@ def main(args=None) -> pathlib.Path:
                         help="replace the size's adaptive_nve_steps (0: no gated-MoE section)")
     parser.add_argument("--distil", type=int, metavar="N",
                         help="train the co-trained staged MoE on the training split with the "
-                        "all-big model's labels on its bulk frames plus N bulk cells it labels "
-                        "(a co-training lever; README.md measures it)")
+                        "all-big model's labels on its bulk frames plus N cubic bulk cells it "
+                        "labels (a co-training lever; README.md measures it)")
+    parser.add_argument("--columns", type=int, metavar="M",
+                        help="with the distilled training split (as --distil), M long 2x2x6 "
+                        "bulk cells the all-big model labels, which the interface term cuts "
+                        "like the split crystal (a co-training lever; README.md measures it)")
     args = parser.parse_args(args)
-    if args.distil is not None and args.distil < 0:
-        raise ValueError(f"--distil takes a number of bulk cells >= 0, got {args.distil}")
-    if args.data is not None and args.distil:
-        raise ValueError("--distil N adds fcc Pt bulk cells, made for the generated Pt + CO data: "
-                         "with --data use --distil 0 (the big model's labels on your bulk frames)")
+    for flag, value in (("--distil", args.distil), ("--columns", args.columns)):
+        if value is not None and value < 0:
+            raise ValueError(f"{flag} takes a number of bulk cells >= 0, got {value}")
+        if args.data is not None and value:
+            raise ValueError(
+                f"{flag} adds fcc Pt bulk cells, made for the generated Pt + CO data: with "
+                f"--data use {flag} 0 (--distil 0: the big model's labels on your bulk frames)"
+            )
 
     sizes = FULL if args.full else QUICK
     epochs = dict(sizes.epochs)
@@ -468,6 +477,7 @@ def main(args=None) -> pathlib.Path:
         sizes = dataclasses.replace(sizes, nve_steps=args.nve_steps)
     if args.adaptive_nve_steps is not None:
         sizes = dataclasses.replace(sizes, adaptive_nve_steps=args.adaptive_nve_steps)
+    distil = args.distil is not None or args.columns is not None
     models = [m for m in MODELS if args.joint or not m.joint]
     layout = Layout(args.out.resolve())  # absolute: checkpoints keep the data paths
     pipeline = Pipeline(layout, force=args.force)
@@ -476,16 +486,16 @@ def main(args=None) -> pathlib.Path:
     data_stage(pipeline, sizes, args.labeller, args.data, args.rules)
     overrides = train_overrides(layout, args.override)
     for model in models:
-        if model.distillable and args.distil is not None:
-            distil_stage(pipeline, args.distil, args.device)
+        if model.distillable and distil:
+            distil_stage(pipeline, args.distil or 0, args.columns or 0, args.device)
         model_stages(
-            pipeline, model, [*overrides, *model_overrides(layout, sizes, model, args.distil)],
+            pipeline, model, [*overrides, *model_overrides(layout, sizes, model, distil)],
             None if args.no_compile else args.device,
         )
     notes = {"sizes": dataclasses.asdict(sizes), "labeller": args.labeller,
              "data": str(args.data or "generated"), "device": args.device,
              "training overrides": overrides,
-             "model overrides": {m.name: model_overrides(layout, sizes, m, args.distil)
+             "model overrides": {m.name: model_overrides(layout, sizes, m, distil)
                                  for m in models}}
     report_stage(pipeline, models, sizes, args.device, notes)
     print_summary(layout.out)

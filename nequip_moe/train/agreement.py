@@ -236,6 +236,12 @@ class InterfaceForceAgreement(BaseModifier):
             the cutoff every atom near a cut sees its own expert's bulk on the far side, as at
             a real interface, where in a thinner cell it sees the other cut too (default
             ``0.0``: every wholly shared frame)
+        own_expert_reference (bool): measure the interface force against each atom's own
+            expert alone (the reference below the cut, the other expert above it) instead of
+            against the reference everywhere: ``dF_i`` minus, above the cut, the experts'
+            whole-frame force difference. The term is then the interface's own force, zero
+            away from the cut, and leaves the bulk force disagreement to ``force_agreement``;
+            on a perfect crystal the two are the same (default ``False``)
     """
 
     def __init__(
@@ -247,6 +253,7 @@ class InterfaceForceAgreement(BaseModifier):
         random_cut: bool = False,
         seed: int = 0,
         min_width: float = 0.0,
+        own_expert_reference: bool = False,
     ) -> None:
         super().__init__(EXPERT_ATOMIC_ENERGY_KEY)
         self.experts = [str(e) for e in experts]
@@ -265,6 +272,7 @@ class InterfaceForceAgreement(BaseModifier):
         self.random_cut = bool(random_cut)
         self.seed = int(seed)
         self.min_width = float(min_width)
+        self.own_expert_reference = bool(own_expert_reference)
         self._generator: Optional[torch.Generator] = None
 
     def _cuts(self, num_frames: int, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -319,22 +327,34 @@ class InterfaceForceAgreement(BaseModifier):
         above = (in_frame & (torch.remainder(along - shift[batch], 1.0) >= 0.5))
         above = above.to(energies.dtype)
         reference = energies[:, self.reference]
+        # -d/dr sum_j w_j e_j: per-atom weights w are `above` (the cut) and, for the own-expert
+        # reference, `in_frame` (the other expert alone on the whole frame)
+        weights = [above]
+        if self.own_expert_reference:
+            weights.append(in_frame.to(energies.dtype))
         forces = []
         for k in range(len(self.experts)):
             if k == self.reference:
                 continue
-            (grad_other,) = torch.autograd.grad(
-                [(above * energies[:, k]).sum()], [pos], create_graph=True, retain_graph=True
-            )
-            (grad_reference,) = torch.autograd.grad(
-                [(above * reference).sum()],
-                [pos],
-                create_graph=not self.constant_reference,
-                retain_graph=True,
-            )
-            if self.constant_reference:
-                grad_reference = grad_reference.detach()
-            forces.append((grad_reference - grad_other)[in_frame])
+            differences = []
+            for w in weights:
+                (grad_other,) = torch.autograd.grad(
+                    [(w * energies[:, k]).sum()], [pos], create_graph=True, retain_graph=True
+                )
+                (grad_reference,) = torch.autograd.grad(
+                    [(w * reference).sum()],
+                    [pos],
+                    create_graph=not self.constant_reference,
+                    retain_graph=True,
+                )
+                if self.constant_reference:
+                    grad_reference = grad_reference.detach()
+                differences.append(grad_reference - grad_other)
+            split = differences[0]
+            if self.own_expert_reference:
+                # above the cut the atom's own expert is the other one: take its force away
+                split = split - above.unsqueeze(-1) * differences[1]
+            forces.append(split[in_frame])
         delta = torch.cat(forces, dim=0)
         return delta, torch.zeros_like(delta)
 
