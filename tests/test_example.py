@@ -113,6 +113,14 @@ def test_miniature_report_numbers_agree(miniature):
                   and c["model"] == "moe")
     assert parity["value"] == pytest.approx(ratio)
     assert parity["holds"] == (ratio <= parity["threshold"])
+    # the big expert's response beyond the small expert's cutoff on the same split crystal:
+    # none, the experts share pt_co_moe.yaml's cutoff_radius (4.5 A)
+    split = report["split_crystal"]
+    beyond = split["beyond_small_cutoff"]
+    assert beyond["r_cut"] == 4.5
+    assert [r["strain"] for r in beyond["rows"]] == split["strains"]
+    assert beyond["worst_max_force_mev_per_a"] == 0.0
+    assert "beyond the small expert's cutoff (4.50 A)" in (miniature / "report.md").read_text()
     for name in ("report.md", "summary.png", "errors.png", "eos.png", "split_crystal.png",
                  "timings.json"):
         assert (miniature / name).is_file()

@@ -258,3 +258,65 @@ def test_nve_structure_falls_back_to_a_mixed_slab():
     atoms = measures.nve_structure([slab])
     assert (atoms.numbers != 78).any() and set(atoms.arrays["expert"].tolist()) == {0, 1}
     assert measures.nve_structure([]) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_allegro_calc():
+    """An untrained tiny Allegro model (cutoff 5 A) on C, O, Pt and its eager calculator."""
+    import torch
+    from allegro.model import AllegroModel
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+    from nequip.integrations.ase import NequIPCalculator
+
+    torch.manual_seed(0)
+    model = AllegroModel(
+        seed=0, model_dtype="float64", r_max=5.0, type_names=["C", "O", "Pt"], l_max=1,
+        num_layers=1, num_scalar_features=4, num_tensor_features=2,
+        allegro_mlp_hidden_layers_depth=1, allegro_mlp_hidden_layers_width=4,
+        readout_mlp_hidden_layers_depth=1, readout_mlp_hidden_layers_width=4,
+        radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed",
+                               "num_bessels": 4},
+        avg_num_neighbors=40.0, per_type_energy_scales=0.5,
+    )
+    model.eval()
+    transforms = [ChemicalSpeciesToAtomTypeMapper(["C", "O", "Pt"]),
+                  NeighborListTransform(r_max=5.0)]
+    return NequIPCalculator(model, device="cpu", transforms=transforms)
+
+
+def test_unseen_interface_forces_are_the_small_region_energy_gradient(tiny_allegro_calc):
+    """With r_cut 0 every edge is unseen: on big-expert atoms the result is the gradient of the
+    small region's per-atom energies, computed here directly by autograd."""
+    import torch
+    from nequip.data import AtomicDataDict
+
+    atoms = structures.split_crystal(structures.PT_A0, -0.02, repeat=(2, 2, 4))
+    atoms.rattle(0.05, seed=1)  # no symmetry left to hide an error
+    calc = tiny_allegro_calc
+    unseen = measures.unseen_interface_forces(calc, atoms, 0.0)
+
+    data = calc.atoms_to_data(atoms)
+    pos = data[AtomicDataDict.POSITIONS_KEY].clone().requires_grad_(True)
+    data[AtomicDataDict.POSITIONS_KEY] = pos
+    calc.model.train()  # keeps the graph of the per-atom energies after the force pass
+    try:
+        energies = calc.model(data)[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1)
+    finally:
+        calc.model.eval()
+    small = torch.as_tensor(atoms.arrays["expert"] == 1)
+    direct = torch.autograd.grad(energies[small].sum(), pos)[0].detach().numpy()
+    big = ~small.numpy()
+    assert np.abs(direct[big]).max() > 1e-4
+    np.testing.assert_allclose(unseen[big], direct[big], atol=1e-10)
+
+
+def test_response_beyond_cutoff_vanishes_at_the_model_cutoff(tiny_allegro_calc):
+    """At -2 % strain the third fcc shell (4.70 A) lies inside the model's 5 A cutoff: a small
+    expert of cutoff 4.5 A cannot see it; one of 5 A sees every neighbour."""
+    strains = (-0.02, 0.0)
+    short = measures.response_beyond_cutoff(
+        tiny_allegro_calc, structures.PT_A0, 4.5, strains, repeat=(2, 2, 4))
+    full = measures.response_beyond_cutoff(
+        tiny_allegro_calc, structures.PT_A0, 5.0, strains, repeat=(2, 2, 4))
+    assert short["rows"][0]["max_force_mev_per_a"] > 1e-3
+    assert full["worst_max_force_mev_per_a"] == 0.0

@@ -2,7 +2,8 @@
 
 Test errors (energy per atom by kind of frame, forces by class of atom), the bulk Pt equation
 of state (of each MoE expert alone too), the force error against the distance from the
-expert interface, the split-crystal interface test, the experts' energy disagreement on shared
+expert interface, the split-crystal interface test (and the part of it a small expert of a
+shorter cutoff cannot see), the experts' energy disagreement on shared
 bulk, the buffer-width sweep, the NVE energy drift (and its dt^2 scaling) in ASE and in LAMMPS,
 the teacher's label sanity, and the speed-up of the MoE over the all-big model with its ideal
 bound (``nequip_moe.benchmarking``).
@@ -321,6 +322,63 @@ def split_crystal_forces(
             "rows": rows, "worst_max_force_mev_per_a": max(r["max_force_mev_per_a"] for r in rows),
         }
     return result
+
+
+def unseen_interface_forces(calc: NequIPCalculator, atoms: Atoms, r_cut: float) -> np.ndarray:
+    """Per-atom part (eV/A, ``(n, 3)``) of the gradient of the small region's per-atom energies
+    under ``calc``'s (big, Allegro) model that comes through neighbours farther than ``r_cut``:
+    what a small expert of cutoff ``r_cut`` cannot see. A small expert that matched the big one
+    on every neighbour it sees would leave exactly this force at an interface.
+
+    A strictly local (Allegro) model's energy depends on an edge vector ``r_ij`` only through
+    ``e_i``, so the edge forces nequip's ``ForceStressOutput`` returns for data with edge vectors
+    (``dE/dr_ij``) are ``d e_i / d r_j``; atom ``j`` gets the sum over the edges ``i -> j``
+    longer than ``r_cut`` whose centre ``i`` is a small-expert atom. Zero when ``r_cut`` is at
+    least the model's cutoff.
+
+    Args:
+        calc: ``NequIPCalculator`` of the eager (packaged) big model, Allegro
+        atoms: frame with the per-atom ``expert`` array
+        r_cut: the small expert's cutoff (A)
+    """
+    import torch
+    from nequip.data import AtomicDataDict
+    from nequip.nn.utils import with_edge_vectors_
+
+    data = with_edge_vectors_(calc.atoms_to_data(atoms), with_lengths=False)
+    edge_forces = calc.model(data)[AtomicDataDict.EDGE_FORCE_KEY].detach()
+    centre, neighbour = data[AtomicDataDict.EDGE_INDEX_KEY]
+    length = data[AtomicDataDict.EDGE_VECTORS_KEY].detach().norm(dim=1)
+    small = torch.as_tensor(atoms.arrays["expert"] == SMALL, device=length.device)
+    unseen = small[centre] & (length > r_cut)
+    forces = torch.zeros((len(atoms), 3), dtype=edge_forces.dtype, device=length.device)
+    return forces.index_add_(0, neighbour[unseen], edge_forces[unseen]).cpu().numpy()
+
+
+def response_beyond_cutoff(
+    calc: NequIPCalculator, a0: float, r_cut: float, strains: Sequence[float] = SPLIT_STRAINS,
+    repeat=(2, 2, 8),
+) -> Dict:
+    """``unseen_interface_forces`` on the split perfect crystal at each strain: the interface
+    force (max norm, meV/A) that a small expert of cutoff ``r_cut`` leaves even when it matches
+    the big model on every neighbour it sees.
+
+    Args:
+        calc: ``NequIPCalculator`` of the eager (packaged) big model, Allegro
+        a0: zero-strain lattice constant (A)
+        r_cut: the small expert's cutoff (A)
+        strains: isotropic linear strains
+        repeat: conventional cells along x, y, z (``structures.split_crystal``)
+    """
+    from structures import split_crystal
+
+    rows = []
+    for strain in strains:
+        forces = unseen_interface_forces(calc, split_crystal(a0, strain, repeat), r_cut)
+        rows.append({"strain": float(strain),
+                     "max_force_mev_per_a": 1000.0 * float(np.linalg.norm(forces, axis=1).max())})
+    return {"r_cut": float(r_cut), "rows": rows,
+            "worst_max_force_mev_per_a": max(r["max_force_mev_per_a"] for r in rows)}
 
 
 def expert_disagreement(model: ReportModel, frames: Sequence[Atoms]) -> Dict:

@@ -343,6 +343,14 @@ def interface_lines(report: Dict) -> List[str]:
                    for r in m["rows"])]
                 for n, m in split["models"].items()]
         lines += _table(["model", *(f"{100 * s:+.0f} %" for s in strains)], rows) + [""]
+        beyond = split.get("beyond_small_cutoff")
+        if beyond:
+            lines += [f"The big expert's per-atom energies of the small half respond to "
+                      f"neighbours beyond the small expert's cutoff ({beyond['r_cut']:.2f} A), "
+                      "which that small expert cannot see: a small expert matching the big one "
+                      "on every neighbour it sees would leave a max |F| of " + ", ".join(
+                          f"{r['max_force_mev_per_a']:.2f}" for r in beyond["rows"])
+                      + " meV/A at these strains (zero when the cutoffs are equal).", ""]
         pairs = report.get("without_agreement") or {}
         if pairs:
             lines += ["Co-trained vs without agreement terms: " + ", ".join(

@@ -26,6 +26,7 @@ from measures import (
     atom_groups,
     buffer_sweep,
     eos_curves,
+    expert_cutoffs,
     expert_disagreement,
     force_error_by_distance,
     lammps_nve,
@@ -33,6 +34,7 @@ from measures import (
     nve_structure,
     nve_timestep_scaling,
     predict,
+    response_beyond_cutoff,
     shared_bulk_frames,
     speedup,
     split_crystal_forces,
@@ -71,6 +73,7 @@ def make_report(
     buffer_model: Optional[str] = None,
     time_buffer_sweep: bool = True,
     adaptive: Union[bool, Dict, None] = None,
+    big_package: Optional[pathlib.Path] = None,
 ) -> Dict:
     """Measure everything, write ``report.json``, ``report.md`` and PNGs; returns the report.
 
@@ -94,6 +97,9 @@ def make_report(
             default inputs (the packaged ``big`` and ``small`` models, ``data_dir``, ``out_dir``,
             ``nve_steps``, ``device``), or a dict of keyword arguments that replace those;
             ``None``/``False`` or no ``adaptive.py``: left out
+        big_package: the packaged (eager) all-big model, the MoEs' big expert: the split
+            crystal section then gives its response beyond the small expert's cutoff
+            (``response_beyond_cutoff``; ``None``: left out)
     """
     data_dir, out_dir = pathlib.Path(data_dir), pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +150,17 @@ def make_report(
         split_models = [m for m in models if m.is_moe or m.name == "big"]
         with section(f"split perfect crystal at a0 = {a0:.3f} A, {len(split_models)} models"):
             report["split_crystal"] = split_crystal_forces(split_models, a0)
+        if big_package is not None:
+            from nequip.integrations.ase import NequIPCalculator
+
+            r_small = expert_cutoffs(by_name[moes[0]])[1]
+            big = NequIPCalculator._from_saved_model(
+                str(big_package), device=device, chemical_species_to_atom_type_map=True
+            )
+            with section(f"big expert's response beyond the small cutoff {r_small} A"):
+                report["split_crystal"]["beyond_small_cutoff"] = response_beyond_cutoff(
+                    big, a0, r_small
+                )
 
     report["expert_disagreement"] = {}
     shared = shared_bulk_frames(test, eos_frames)

@@ -20,8 +20,8 @@ Stages, each skipped when its outputs exist (``--force`` reruns them):
 5. report: ``report.py`` -> ``out/report.md``, ``out/report.json`` and PNGs
 
 Every training run is bounded by its number of epochs (never by wall clock) and seeded, so
-runs on differently loaded machines train the same models. The default sizes took 36-49
-minutes on idle 2-core machines (README.md); ``--full`` (or the environment variable ``PT_CO_FULL=1``)
+runs on differently loaded machines train the same models. The default sizes took 23
+minutes on an idle 2-core machine (README.md); ``--full`` (or the environment variable ``PT_CO_FULL=1``)
 trains at realistic sizes, meant for a GPU.
 """
 
@@ -74,8 +74,9 @@ class Sizes:
 
 
 # One epoch (stage time / epochs), two idle cores, measured on the default recipe (166 frames,
-# 5419 training atoms): all-big 28.6 s, all-small 4.0 s, staged MoE 37.7 s, staged MoE without
-# agreement 12.9 s (joint co-trained MoE ~65 s on one thread). README.md gives the whole run's time.
+# 5419 training atoms, 4.5 A cutoff): all-big 14.0 s, all-small 2.2 s, staged MoE 22.3 s, staged MoE
+# without agreement 8.6 s (joint co-trained MoE ~65 s on one thread at 5.0 A). README.md gives
+# the whole run's time.
 QUICK = Sizes(
     frame_scale=1.0,
     epochs={"big": 25, "small": 30, "moe": 15, "moe_noagree": 15, "moe_joint": 12},
@@ -387,6 +388,7 @@ def report_stage(
             without_agreement=without_agreement,
             buffer_model="moe" if "moe" in by_name else None,
             adaptive=adaptive,
+            big_package=layout.package(by_name["big"]) if "big" in by_name else None,
         ),
     )
 
