@@ -343,7 +343,7 @@ def unseen_interface_forces(calc: NequIPCalculator, atoms: Atoms, r_cut: float) 
     """
     import torch
     from nequip.data import AtomicDataDict
-    from nequip.nn.utils import with_edge_vectors_
+    from nequip.nn import scatter, with_edge_vectors_
 
     data = with_edge_vectors_(calc.atoms_to_data(atoms), with_lengths=False)
     edge_forces = calc.model(data)[AtomicDataDict.EDGE_FORCE_KEY].detach()
@@ -351,8 +351,8 @@ def unseen_interface_forces(calc: NequIPCalculator, atoms: Atoms, r_cut: float) 
     length = data[AtomicDataDict.EDGE_VECTORS_KEY].detach().norm(dim=1)
     small = torch.as_tensor(atoms.arrays["expert"] == SMALL, device=length.device)
     unseen = small[centre] & (length > r_cut)
-    forces = torch.zeros((len(atoms), 3), dtype=edge_forces.dtype, device=length.device)
-    return forces.index_add_(0, neighbour[unseen], edge_forces[unseen]).cpu().numpy()
+    forces = scatter(edge_forces[unseen], neighbour[unseen], dim=0, dim_size=len(atoms))
+    return forces.cpu().numpy()
 
 
 def response_beyond_cutoff(
