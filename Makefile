@@ -31,7 +31,7 @@ example-venv: $(VENV)/.installed-example
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# the Pt + CO main job, 23 minutes measured on 2 idle CPU cores (examples/pt_co/README.md);
+# the Pt + CO main job, 24 minutes measured on 2 idle CPU cores (examples/pt_co/README.md);
 # e.g. EXAMPLE_ARGS="--labeller emt" or "--full"
 example: example-venv
 	$(PY) examples/pt_co/run.py $(EXAMPLE_ARGS)

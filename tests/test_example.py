@@ -157,6 +157,21 @@ def test_baseline_configs_reuse_the_expert_architecture(name):
     assert single.data.transforms[0]._target_.endswith("ChemicalSpeciesToAtomTypeMapper")
 
 
+def test_labeller_lattice_constant_is_the_calculators_equilibrium():
+    from ase.calculators.emt import EMT
+
+    a0 = example_data.labeller_lattice_constant(EMT())
+    # at a0 the cubic cell is stress free; 1 % off, it is not
+    for scale, stressed in ((1.0, False), (1.01, True)):
+        atoms = example_data.pt_bulk(a0 * scale, repeat=1)
+        atoms.calc = EMT()
+        pressure = -atoms.get_stress()[:3].mean()
+        assert (abs(pressure) > 1e-3) == stressed, (scale, pressure)
+    # a guess far from the potential's minimum is refused, naming the lattice constant
+    with pytest.raises(ValueError, match="lattice constant .* outside the range"):
+        example_data.labeller_lattice_constant(EMT(), guess=3.5)
+
+
 def test_generated_frames_have_labels_and_heldout_eos(tmp_path):
     summary = example_data.make_dataset(tmp_path, example_data.FrameCounts().scaled(0.1))
     assert summary["frames"]["test"] > 0 and summary["eos_frames"] > 0
@@ -164,6 +179,11 @@ def test_generated_frames_have_labels_and_heldout_eos(tmp_path):
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["labeller"] == "emt"
     assert written["buffer_width"] == example_data.DEFAULT_BUFFER_WIDTH
+    # the held-out EOS set is centred on the labeller's own lattice constant
+    eos = read(tmp_path / "eos.xyz", index=":")
+    middle = eos[len(eos) // 2]
+    assert np.isclose(middle.cell[0, 0] / 2, written["a0"], rtol=1e-6)
+    assert abs(np.mean(middle.get_stress()[:3])) < 1e-3
     frames = example_data.read_user_frames(tmp_path / "train.xyz")
     for atoms in frames:
         expert = atoms.arrays["expert"]
@@ -216,6 +236,27 @@ def test_user_rules_label_frames(tmp_path):
 def test_sevenn_labeller_says_how_to_install():
     with pytest.raises(RuntimeError, match="pip install sevenn==0.13.0"):
         example_data.make_labeller("sevenn")
+
+
+def test_co_trained_moe_trains_on_distilled_bulk_by_default():
+    """The staged co-trained MoE's training split carries all-big's labels on bulk and extra
+    bulk cells it labels by default; with the user's data only the relabelling."""
+    import argparse
+
+    def sizes(**options):
+        args = dict(full=False, max_epochs=None, epochs=[], frame_scale=None, nve_steps=None,
+                    adaptive_nve_steps=None, distil=None, data=None)
+        return example_run.run_sizes(argparse.Namespace(**{**args, **options}))
+
+    assert sizes().distil_cells == example_run.QUICK.distil_cells > 0
+    assert sizes(full=True).distil_cells == example_run.FULL.distil_cells > sizes().distil_cells
+    assert sizes(distil=7).distil_cells == 7
+    assert sizes(data="frames.xyz").distil_cells == 0
+    moe = next(m for m in example_run.MODELS if m.name == "moe")
+    overrides = example_run.model_overrides(
+        example_run.Layout(pathlib.Path("out")), sizes(), moe
+    )
+    assert f"train_file={example_run.DISTILLED_TRAIN}" in overrides
 
 
 @pytest.mark.parametrize("flag", ["--distil", "--columns"])

@@ -230,6 +230,16 @@ def test_errors_partition_and_claims():
     penalty = next(c for text, c in by_text.items() if "no interface penalty" in text)
     assert penalty["holds"] and penalty["value"] == pytest.approx(1.0)
     assert penalty["threshold"] == THRESHOLDS["interface_penalty"]
+    # harder atoms next to the interface for both models: no penalty; for the MoE only: one
+    for models, holds in ((("moe", "big"), True), (("moe",), False)):
+        harder = {k: {**v, "forces_mae_mev_per_a": dict(v["forces_mae_mev_per_a"])}
+                  for k, v in errors.items()}
+        for name in models:
+            harder[name]["forces_mae_mev_per_a"]["interface"] *= 1.3
+        claim = next(c for c in check_claims({**report, "errors": harder}, "moe")
+                     if "no interface penalty" in c["claim"])
+        assert claim["holds"] == holds
+        assert claim["value"] == pytest.approx(1.0 if holds else 1.3)
     core = next(c for text, c in by_text.items() if "accurate as all-big on the core" in text)
     assert not core["holds"] and core["value"] == pytest.approx(2.0)
     for c in claims:  # every claim with a number carries its threshold

@@ -4,8 +4,9 @@ Builds (with ``structures.py``) bulk fcc Pt (equation of state, strained and rat
 cells with vacancies), Pt(111) slabs (thin and thick) with CO at several coverages and sites,
 stepped Pt(211) and Pt(331) slabs with CO, Pt nanoparticles (cuboctahedra and truncated
 octahedra) with 0-8 CO on top, bridge and hollow sites, CO desorption, gas-phase CO and short
-Langevin MD snapshots, each frame tagged with its ``kind``; labels them with energy, forces and
-stress from an offline calculator (``emt`` or ``sevenn``); gives every atom an expert label
+Langevin MD snapshots, each frame tagged with its ``kind`` and built at the labeller's own
+fcc Pt lattice constant (fitted first); labels them with energy, forces and stress from an
+offline calculator (``emt`` or ``sevenn``); gives every atom an expert label
 (0 = big, 1 = small) with the ``pt_co_coordination`` region preset (the *core*: C, O, Pt
 bonded to them and under-coordinated Pt, plus a buffer of ``buffer_width`` A); and writes
 ``train.xyz``, ``val.xyz``, ``test.xyz`` and a held-out bulk equation-of-state set
@@ -29,6 +30,7 @@ from ase.io import read, write
 from nequip_moe.data.regions import assign_experts, pt_co_coordination
 from structures import (
     PARTICLES,
+    PT_A0,
     SMALL_PARTICLES,
     attach_labels,
     bulk_columns,
@@ -42,6 +44,7 @@ from structures import (
     large_slabs_with_co,
     md_snapshots,
     nanoparticles,
+    pt_bulk,
     quarter_monolayer,
     slabs_with_co,
     stepped_with_co,
@@ -60,7 +63,8 @@ class FrameCounts:
 
     Args:
         bulk_eos: 2x2x2 conventional fcc cells at a = a0 x [0.94 .. 1.06]
-        bulk_strained: bulk cells with symmetric strain <= 3 % and rattle 0.02-0.1 A
+        bulk_strained: bulk cells with isotropic strain <= 4 % plus symmetric strain <= 2 %
+            per component, rattle 0.02-0.1 A
         clean_slab: Pt(111) 3x3x4 slabs, rattled
         slab_co: 3x3x4 slabs with 1-4 CO on top/bridge/fcc/hcp, tilted <= 15 deg
         quarter_ml: 2x2x4 slabs with one CO (1/4 monolayer)
@@ -118,8 +122,9 @@ class FrameCounts:
 
 EXPERT_NAMES = ("big", "small")  # label k means EXPERT_NAMES[k], as in configs/pt_co_moe.yaml
 # buffer (A) of big-expert atoms around the core: the small expert's cutoff (4.5 A), so no
-# core atom's force carries a small-expert term; it lies between the second (3.92 A) and third
-# (4.80 A) fcc Pt neighbour shells, so rattled frames keep whole shells. The report's buffer
+# core atom's force carries a small-expert term; it lies between the second (a0: 3.98 A with
+# SevenNet) and third (1.22 a0: 4.87 A) fcc Pt neighbour shells, so rattled frames keep whole
+# shells. The report's buffer
 # sweep measures accuracy and speed-up against the width.
 DEFAULT_BUFFER_WIDTH = 4.5
 
@@ -194,13 +199,40 @@ def make_labeller(name: str):
     raise ValueError(f"unknown labeller `{name}`: use `emt` or `sevenn`")
 
 
+def labeller_lattice_constant(calc, guess: float = PT_A0) -> float:
+    """The fcc Pt lattice constant (A) of ``calc``: a Birch-Murnaghan fit to single points of
+    the 4-atom cubic cell at ``guess`` x 0.96-1.04. The data stage builds every structure at it,
+    so that the frames sample the labeller's own equilibrium (SevenNet's PBE a0 is 1.5 % above
+    EMT's).
+
+    Args:
+        calc: the labeller (ASE calculator)
+        guess: centre of the lattice constants tried (A)
+    """
+    from ase.eos import EquationOfState
+
+    cells = [pt_bulk(guess * s, repeat=1) for s in np.linspace(0.96, 1.04, 9)]
+    energies = [a.get_potential_energy() for a in attach_labels(cells, calc)]
+    volumes = [a.get_volume() for a in cells]
+    v0, _, _ = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
+    a0 = float(v0 ** (1.0 / 3.0))
+    if not 0.96 * guess < a0 < 1.04 * guess:
+        raise ValueError(
+            f"the labeller's fcc Pt lattice constant {a0:.3f} A lies outside the range it was "
+            f"fitted on ({0.96 * guess:.3f}-{1.04 * guess:.3f} A): is it a Pt potential?"
+        )
+    return a0
+
+
 # ---------------------------------------------------------------- dataset
 
 
 def build_frames(
-    counts: FrameCounts, calc, seed: int = 0, buffer_width: float = DEFAULT_BUFFER_WIDTH
+    counts: FrameCounts, calc, seed: int = 0, buffer_width: float = DEFAULT_BUFFER_WIDTH,
+    a0: float = PT_A0,
 ) -> List[Atoms]:
-    """All structures of the recipe, labelled by ``calc`` and with expert labels."""
+    """All structures of the recipe at lattice constant ``a0``, labelled by ``calc`` and with
+    expert labels."""
     rng = np.random.default_rng(seed)
     builders: Dict[str, Callable] = {
         "bulk_eos": bulk_eos,
@@ -210,17 +242,17 @@ def build_frames(
         "quarter_ml": quarter_monolayer,
         "large_slab_co": large_slabs_with_co,
         "desorption": desorption,
-        "gas_co": gas_co,
-        "nanoparticle": lambda n, rng: nanoparticles(n, rng, counts.particle_sizes),
+        "gas_co": lambda n, rng, a0: gas_co(n, rng),  # no Pt
+        "nanoparticle": lambda n, rng, a0: nanoparticles(n, rng, counts.particle_sizes, a0),
         "stepped": stepped_with_co,
         "vacancy": bulk_vacancies,
         "thick_slab_co": thick_slabs_with_co,
     }
     frames = []
     for name, builder in builders.items():
-        frames += builder(getattr(counts, name), rng)
+        frames += builder(getattr(counts, name), rng, a0=a0)
     frames = attach_labels(frames, calc)
-    frames += attach_labels(md_snapshots(counts.md, rng, calc), calc)
+    frames += attach_labels(md_snapshots(counts.md, rng, calc, a0=a0), calc)
     return add_region_arrays(frames, buffer_width)
 
 
@@ -291,7 +323,8 @@ def make_dataset(
     out_dir, counts: FrameCounts, labeller: str = "emt", seed: int = 0,
     buffer_width: float = DEFAULT_BUFFER_WIDTH,
 ) -> Dict:
-    """The whole data stage: build, label, split and write the example's data.
+    """The whole data stage: fit the labeller's lattice constant, build the structures at it,
+    label, split and write the example's data.
 
     Args:
         out_dir: folder for ``train.xyz``, ``val.xyz``, ``test.xyz``, ``eos.xyz``
@@ -301,16 +334,18 @@ def make_dataset(
         buffer_width: buffer (A) of big-expert atoms around the core (``label_experts``)
     """
     calc = make_labeller(labeller)
-    frames = build_frames(counts, calc, seed, buffer_width)
-    eos = add_region_arrays(attach_labels(bulk_eos_heldout(), calc), buffer_width)
+    a0 = labeller_lattice_constant(calc)
+    frames = build_frames(counts, calc, seed, buffer_width, a0)
+    eos = add_region_arrays(attach_labels(bulk_eos_heldout(a0=a0), calc), buffer_width)
     return write_dataset(
         out_dir, split_by_kind(frames, seed), eos,
-        notes={"labeller": labeller, "buffer_width": buffer_width},
+        notes={"labeller": labeller, "buffer_width": buffer_width, "a0": a0},
     )
 
 
 def distilled_frames(
-    frames: Sequence[Atoms], calc, extra: int, seed: int = 1, columns: int = 0
+    frames: Sequence[Atoms], calc, extra: int, seed: int = 1, columns: int = 0,
+    a0: float = PT_A0,
 ) -> List[Atoms]:
     """Training frames of the staged MoE, whose big expert is frozen: ``frames`` with every
     wholly shared frame (all atoms ``shared``: bulk Pt) relabelled by ``calc`` (the frozen big
@@ -329,13 +364,14 @@ def distilled_frames(
         extra: number of extra bulk cells
         seed: seed of the extra cells' strains and rattles
         columns: number of extra long bulk cells
+        a0: lattice constant (A) of the extra cells (the data's, ``summary.json``)
     """
     shared = [i for i, atoms in enumerate(frames) if atoms.arrays["shared"].all()]
     distilled = list(frames)
     for i, atoms in zip(shared, attach_labels([frames[i] for i in shared], calc)):
         distilled[i] = atoms
     rng = np.random.default_rng(seed)
-    cells = bulk_strained(extra, rng) + bulk_columns(columns, rng)
+    cells = bulk_strained(extra, rng, a0=a0) + bulk_columns(columns, rng, a0=a0)
     for atoms in cells:
         atoms.info["kind"] = "bulk_distil"
     return distilled + add_region_arrays(attach_labels(cells, calc))

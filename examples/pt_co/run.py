@@ -9,10 +9,11 @@ Stages, each skipped when its outputs exist (``--force`` reruns them):
    from the trained all-small model: ``moe`` (``pt_co_staged``, with
    the agreement terms: the default MoE) and ``moe_noagree`` (``pt_co_staged_noagree``: the
    same without agreement terms); with ``--joint`` also ``moe_joint`` (``pt_co_cotrain``: both
-   experts trained jointly from scratch, co-trained). With ``--distil N`` or ``--columns M``,
-   a distil stage before ``moe`` writes ``out/data/train_distilled.xyz`` (the training split
-   with the packaged all-big model's labels on its bulk frames, plus N cubic and M long bulk
-   cells it labels: ``data.distilled_frames``) and ``moe`` trains on it
+   experts trained jointly from scratch, co-trained). A distil stage before ``moe`` writes
+   ``out/data/train_distilled.xyz`` (the training split with the packaged all-big model's
+   labels on its bulk frames, plus N cubic (``--distil``, default 40) and M long
+   (``--columns``, default 0) bulk cells it labels: ``data.distilled_frames``) and ``moe``
+   trains on it
 3. package: ``nequip-package build`` -> ``out/models/NAME.nequip.zip`` (right after each
    training: the staged MoEs need ``big.nequip.zip``)
 4. compile: ``nequip-compile --mode aotinductor --target ase | pair_allegro``, only the files
@@ -20,7 +21,7 @@ Stages, each skipped when its outputs exist (``--force`` reruns them):
 5. report: ``report.py`` -> ``out/report.md``, ``out/report.json`` and PNGs
 
 Every training run is bounded by its number of epochs (never by wall clock) and seeded, so
-runs on differently loaded machines train the same models. The default sizes took 23
+runs on differently loaded machines train the same models. The default sizes took 24
 minutes on an idle 2-core machine (README.md); ``--full`` (or the environment variable ``PT_CO_FULL=1``)
 trains at realistic sizes, meant for a GPU.
 """
@@ -62,28 +63,33 @@ class Sizes:
         nve_steps: steps of each NVE run in the report
         adaptive_nve_steps: steps of each NVE run of the report's gated-MoE section
             (``adaptive.py``; 0 leaves the section out)
+        distil_cells: strained bulk cells the packaged all-big model labels for the co-trained
+            MoE's training split (``data.distilled_frames``)
     """
 
     frame_scale: float
     epochs: Dict[str, int]
     nve_steps: int
     adaptive_nve_steps: int = 0
+    distil_cells: int = 0
 
     def max_epochs(self, name: str) -> Optional[int]:
         return self.epochs.get(name)
 
 
 # One epoch (stage time / epochs), two idle cores, measured on the default recipe (166 frames,
-# 5419 training atoms, 4.5 A cutoff): all-big 14.0 s, all-small 2.2 s, staged MoE 22.3 s, staged MoE
-# without agreement 8.6 s (joint co-trained MoE ~65 s on one thread at 5.0 A). README.md gives
-# the whole run's time.
+# 5431 training atoms, 4.5 A cutoff): all-big 13.9 s, all-small 2.7 s, staged MoE 29.2 s (its
+# distilled split: 40 more bulk cells), staged MoE without agreement 8.0 s (joint co-trained
+# MoE ~65 s on one thread at 5.0 A). README.md gives the whole run's time.
 QUICK = Sizes(
     frame_scale=1.0,
     epochs={"big": 25, "small": 30, "moe": 15, "moe_noagree": 15, "moe_joint": 12},
     nve_steps=200,
     adaptive_nve_steps=600,
+    distil_cells=40,
 )
-FULL = Sizes(frame_scale=5.0, epochs={}, nve_steps=2000, adaptive_nve_steps=2000)
+FULL = Sizes(frame_scale=5.0, epochs={}, nve_steps=2000, adaptive_nve_steps=2000,
+             distil_cells=200)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +106,8 @@ class Model:
             frozen, and its small expert starts from the trained all-small model
             (``small_model=``, its checkpoint), so both are trained first
         joint: trained only with ``--joint`` (both experts from scratch)
-        distillable: with ``--distil`` or ``--columns``, trains on the training split
-            distilled by the frozen big expert (``data.distilled_frames``: its labels on
-            shared bulk, plus bulk cells)
+        distillable: trains on the training split distilled by the frozen big expert
+            (``data.distilled_frames``: its labels on shared bulk, plus bulk cells)
     """
 
     name: str
@@ -243,7 +248,7 @@ def train_overrides(layout: Layout, extra: Sequence[str]) -> List[str]:
     return [f"data_dir={layout.data.resolve()}", *extra]
 
 
-def model_overrides(layout: Layout, sizes: Sizes, model: Model, distil: bool) -> List[str]:
+def model_overrides(layout: Layout, sizes: Sizes, model: Model) -> List[str]:
     """``nequip-train`` overrides of one model: its epochs, its frozen big expert, its own."""
     overrides = []
     if sizes.max_epochs(model.name) is not None:
@@ -254,7 +259,7 @@ def model_overrides(layout: Layout, sizes: Sizes, model: Model, distil: bool) ->
         small = next(m for m in MODELS if m.name == "small")
         overrides += [f"small_model={layout.checkpoint(small).resolve()}",
                       "training_module.model.experts.small=${pretrained_small_expert}"]
-    if model.distillable and distil:
+    if model.distillable:
         overrides.append(f"train_file={DISTILLED_TRAIN}")
     return overrides + list(model.overrides)
 
@@ -275,8 +280,11 @@ def distil_stage(pipeline: Pipeline, extra: int, columns: int, device: str):
             str(layout.package(big_model())), device=device,
             chemical_species_to_atom_type_map=True,
         )
+        summary = layout.data / "summary.json"
+        a0 = json.loads(summary.read_text()).get("a0") if summary.is_file() else None
         frames = data.distilled_frames(
-            read(layout.data / "train.xyz", index=":"), calc, extra, columns=columns
+            read(layout.data / "train.xyz", index=":"), calc, extra, columns=columns,
+            **({"a0": a0} if a0 else {}),
         )
         write(out, frames, format="extxyz")
         print(f"    {len(frames)} training frames, {extra} cubic and {columns} long bulk cells")
@@ -410,6 +418,31 @@ def print_summary(out: pathlib.Path):
     print(f"report: {out / 'report.md'}")
 
 
+def run_sizes(args: argparse.Namespace) -> Sizes:
+    """The run's sizes: ``QUICK`` (or ``FULL`` with ``--full``) with the options that replace
+    one size each; no distilled bulk cells with ``--data`` unless ``--distil`` asks."""
+    sizes = FULL if args.full else QUICK
+    epochs = dict(sizes.epochs)
+    if args.max_epochs is not None:
+        epochs = {m.name: args.max_epochs for m in MODELS}
+    for item in args.epochs:
+        name, _, value = item.partition("=")
+        if name not in {m.name for m in MODELS} or not value.isdigit():
+            raise ValueError(f"--epochs takes NAME=N with NAME one of "
+                             f"{[m.name for m in MODELS]}, got `{item}`")
+        epochs[name] = int(value)
+    sizes = dataclasses.replace(sizes, epochs=epochs)
+    if args.frame_scale is not None:
+        sizes = dataclasses.replace(sizes, frame_scale=args.frame_scale)
+    if args.nve_steps is not None:
+        sizes = dataclasses.replace(sizes, nve_steps=args.nve_steps)
+    if args.adaptive_nve_steps is not None:
+        sizes = dataclasses.replace(sizes, adaptive_nve_steps=args.adaptive_nve_steps)
+    if args.distil is not None or args.data is not None:
+        sizes = dataclasses.replace(sizes, distil_cells=args.distil or 0)
+    return sizes
+
+
 def main(args=None) -> pathlib.Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true",
@@ -445,13 +478,14 @@ def main(args=None) -> pathlib.Path:
     parser.add_argument("--adaptive-nve-steps", type=int,
                         help="replace the size's adaptive_nve_steps (0: no gated-MoE section)")
     parser.add_argument("--distil", type=int, metavar="N",
-                        help="train the co-trained staged MoE on the training split with the "
-                        "all-big model's labels on its bulk frames plus N cubic bulk cells it "
-                        "labels (a co-training lever; README.md measures it)")
-    parser.add_argument("--columns", type=int, metavar="M",
-                        help="with the distilled training split (as --distil), M long 2x2x6 "
-                        "bulk cells the all-big model labels, which the interface term cuts "
-                        "like the split crystal (a co-training lever; README.md measures it)")
+                        help="the co-trained staged MoE trains on the training split with the "
+                        "all-big model's labels on its bulk frames plus N strained bulk cells "
+                        "it labels (default: the size's, 40 or 200 with --full; 0 with --data; "
+                        "README.md measures it)")
+    parser.add_argument("--columns", type=int, default=0, metavar="M",
+                        help="add M long 2x2x6 bulk cells the all-big model labels to that "
+                        "split, which the interface term cuts like the split crystal (a "
+                        "co-training lever; README.md measures it; default: %(default)s)")
     args = parser.parse_args(args)
     for flag, value in (("--distil", args.distil), ("--columns", args.columns)):
         if value is not None and value < 0:
@@ -462,24 +496,7 @@ def main(args=None) -> pathlib.Path:
                 f"--data use {flag} 0 (--distil 0: the big model's labels on your bulk frames)"
             )
 
-    sizes = FULL if args.full else QUICK
-    epochs = dict(sizes.epochs)
-    if args.max_epochs is not None:
-        epochs = {m.name: args.max_epochs for m in MODELS}
-    for item in args.epochs:
-        name, _, value = item.partition("=")
-        if name not in {m.name for m in MODELS} or not value.isdigit():
-            raise ValueError(f"--epochs takes NAME=N with NAME one of "
-                             f"{[m.name for m in MODELS]}, got `{item}`")
-        epochs[name] = int(value)
-    sizes = dataclasses.replace(sizes, epochs=epochs)
-    if args.frame_scale is not None:
-        sizes = dataclasses.replace(sizes, frame_scale=args.frame_scale)
-    if args.nve_steps is not None:
-        sizes = dataclasses.replace(sizes, nve_steps=args.nve_steps)
-    if args.adaptive_nve_steps is not None:
-        sizes = dataclasses.replace(sizes, adaptive_nve_steps=args.adaptive_nve_steps)
-    distil = args.distil is not None or args.columns is not None
+    sizes = run_sizes(args)
     models = [m for m in MODELS if args.joint or not m.joint]
     layout = Layout(args.out.resolve())  # absolute: checkpoints keep the data paths
     pipeline = Pipeline(layout, force=args.force)
@@ -488,16 +505,16 @@ def main(args=None) -> pathlib.Path:
     data_stage(pipeline, sizes, args.labeller, args.data, args.rules)
     overrides = train_overrides(layout, args.override)
     for model in models:
-        if model.distillable and distil:
-            distil_stage(pipeline, args.distil or 0, args.columns or 0, args.device)
+        if model.distillable:
+            distil_stage(pipeline, sizes.distil_cells, args.columns, args.device)
         model_stages(
-            pipeline, model, [*overrides, *model_overrides(layout, sizes, model, distil)],
+            pipeline, model, [*overrides, *model_overrides(layout, sizes, model)],
             None if args.no_compile else args.device,
         )
     notes = {"sizes": dataclasses.asdict(sizes), "labeller": args.labeller,
              "data": str(args.data or "generated"), "device": args.device,
              "training overrides": overrides,
-             "model overrides": {m.name: model_overrides(layout, sizes, m, distil)
+             "model overrides": {m.name: model_overrides(layout, sizes, m)
                                  for m in models}}
     report_stage(pipeline, models, sizes, args.device, notes)
     print_summary(layout.out)

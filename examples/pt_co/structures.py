@@ -27,7 +27,7 @@ from ase.io import write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
-PT_A0 = 3.92  # EMT lattice constant of Pt (A); SevenNet PBE gives 3.98
+PT_A0 = 3.92  # EMT lattice constant of Pt (A); the data stage builds at its labeller's a0
 CO_BOND = 1.15
 ADSORPTION_HEIGHT = {"ontop": 1.85, "bridge": 1.55, "fcc": 1.35, "hcp": 1.35}
 SITES = tuple(ADSORPTION_HEIGHT)
@@ -37,9 +37,10 @@ EOS_SCALES = np.linspace(0.95, 1.05, 9)  # held-out grid, offset from the traini
 # ---------------------------------------------------------------- building blocks
 
 
-def pt111_slab(size, vacuum: float = 8.0) -> Atoms:
-    """Pt(111) slab of ``size = (nx, ny, layers)``; keeps ase's adsorption-site table."""
-    return fcc111("Pt", size, a=PT_A0, vacuum=vacuum)
+def pt111_slab(size, vacuum: float = 8.0, a0: float = PT_A0) -> Atoms:
+    """Pt(111) slab of ``size = (nx, ny, layers)`` and lattice constant ``a0``; keeps ase's
+    adsorption-site table."""
+    return fcc111("Pt", size, a=a0, vacuum=vacuum)
 
 
 def add_co(
@@ -114,35 +115,43 @@ def with_kind(atoms: Atoms, kind: str) -> Atoms:
     return atoms
 
 
-def bulk_eos(n: int, rng: np.random.Generator) -> List[Atoms]:
-    """Unrattled 32-atom fcc Pt cells on an even grid of lattice constants."""
-    return [with_kind(pt_bulk(PT_A0 * s), "bulk_eos") for s in np.linspace(0.94, 1.06, n)]
+def bulk_eos(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
+    """Unrattled 32-atom fcc Pt cells on an even grid of lattice constants (``a0`` x
+    0.94-1.06)."""
+    return [with_kind(pt_bulk(a0 * s), "bulk_eos") for s in np.linspace(0.94, 1.06, n)]
 
 
-def bulk_eos_heldout(scales: Sequence[float] = EOS_SCALES) -> List[Atoms]:
-    """The held-out equation-of-state set (never trained on)."""
-    return [with_kind(pt_bulk(PT_A0 * s), "eos_heldout") for s in scales]
+def bulk_eos_heldout(scales: Sequence[float] = EOS_SCALES, a0: float = PT_A0) -> List[Atoms]:
+    """The held-out equation-of-state set (never trained on): ``a0`` x ``scales``."""
+    return [with_kind(pt_bulk(a0 * s), "eos_heldout") for s in scales]
+
+
+ISOTROPIC_STRAIN = 0.04  # strained bulk: isotropic part, to cover the held-out EOS range
+SHEAR_STRAIN = 0.02  # strained bulk: random symmetric part of every component
 
 
 def _strain_and_rattle(atoms: Atoms, rng: np.random.Generator, kind: str) -> Atoms:
-    """``atoms`` under a random symmetric strain <= 3 %, rattled by 0.02-0.1 A, as ``kind``."""
-    strain = rng.uniform(-0.03, 0.03, (3, 3))
-    strain = 0.5 * (strain + strain.T)
+    """``atoms`` under a random isotropic strain <= ``ISOTROPIC_STRAIN`` plus a random
+    symmetric strain <= ``SHEAR_STRAIN`` per component, rattled by 0.02-0.1 A, as ``kind``."""
+    strain = rng.uniform(-SHEAR_STRAIN, SHEAR_STRAIN, (3, 3))
+    isotropic = rng.uniform(-ISOTROPIC_STRAIN, ISOTROPIC_STRAIN)
+    strain = 0.5 * (strain + strain.T) + isotropic * np.eye(3)
     atoms.set_cell(atoms.cell @ (np.eye(3) + strain), scale_atoms=True)
     return with_kind(rattle(atoms, rng, rng.uniform(0.02, 0.1)), kind)
 
 
-def bulk_strained(n: int, rng: np.random.Generator) -> List[Atoms]:
-    """32- or 108-atom cells, symmetric strain <= 3 %, rattle 0.02-0.1 A."""
-    cells = (pt_bulk(PT_A0, repeat=3 if i % 5 == 4 else 2) for i in range(n))
+def bulk_strained(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
+    """32- or 108-atom cells at ``a0``, strained and rattled (``_strain_and_rattle``)."""
+    cells = (pt_bulk(a0, repeat=3 if i % 5 == 4 else 2) for i in range(n))
     return [_strain_and_rattle(atoms, rng, "bulk_strained") for atoms in cells]
 
 
-def bulk_columns(n: int, rng: np.random.Generator, length: int = 6) -> List[Atoms]:
-    """2 x 2 x ``length`` conventional cells (96 atoms at the default), symmetric strain
-    <= 3 %, rattle 0.02-0.1 A: long along z, so that a cut normal to z (the interface term's)
-    leaves each half wider than twice the cutoff, like the split perfect crystal."""
-    cells = (pt_bulk(PT_A0, repeat=1).repeat((2, 2, length)) for _ in range(n))
+def bulk_columns(n: int, rng: np.random.Generator, length: int = 6, a0: float = PT_A0
+                 ) -> List[Atoms]:
+    """2 x 2 x ``length`` conventional cells at ``a0`` (96 atoms at the default), strained and
+    rattled (``_strain_and_rattle``): long along z, so that a cut normal to z (the interface
+    term's) leaves each half wider than twice the cutoff, like the split perfect crystal."""
+    cells = (pt_bulk(a0, repeat=1).repeat((2, 2, length)) for _ in range(n))
     return [_strain_and_rattle(atoms, rng, "bulk_column") for atoms in cells]
 
 
@@ -152,9 +161,11 @@ def _random_co(slab: Atoms, site: str, offset, rng: np.random.Generator, height=
     add_co(slab, site, offset, height, tilt, rng.uniform(0.0, 2.0 * math.pi))
 
 
-def covered_slab(size, num_co: int, rng: np.random.Generator, kind: str) -> Atoms:
-    """Slab with ``num_co`` CO on one kind of site in distinct surface cells."""
-    slab = pt111_slab(size)
+def covered_slab(size, num_co: int, rng: np.random.Generator, kind: str, a0: float = PT_A0
+                 ) -> Atoms:
+    """Slab (lattice constant ``a0``) with ``num_co`` CO on one kind of site in distinct
+    surface cells."""
+    slab = pt111_slab(size, a0=a0)
     site = SITES[rng.integers(len(SITES))]
     cells = [(i, j) for i in range(size[0]) for j in range(size[1])]
     for k in rng.choice(len(cells), num_co, replace=False):
@@ -162,31 +173,32 @@ def covered_slab(size, num_co: int, rng: np.random.Generator, kind: str) -> Atom
     return with_kind(rattle(slab, rng, 0.05), kind)
 
 
-def clean_slabs(n: int, rng: np.random.Generator) -> List[Atoms]:
-    return [with_kind(rattle(pt111_slab((3, 3, 4)), rng, 0.05), "clean_slab") for _ in range(n)]
+def clean_slabs(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
+    return [with_kind(rattle(pt111_slab((3, 3, 4), a0=a0), rng, 0.05), "clean_slab")
+            for _ in range(n)]
 
 
-def slabs_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
-    return [covered_slab((3, 3, 4), 1 + i % 4, rng, "slab_co") for i in range(n)]
+def slabs_with_co(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
+    return [covered_slab((3, 3, 4), 1 + i % 4, rng, "slab_co", a0) for i in range(n)]
 
 
-def quarter_monolayer(n: int, rng: np.random.Generator) -> List[Atoms]:
+def quarter_monolayer(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
     frames = []
     for i in range(n):
-        slab = pt111_slab((2, 2, 4))
+        slab = pt111_slab((2, 2, 4), a0=a0)
         _random_co(slab, SITES[i % len(SITES)], (0, 0), rng)
         frames.append(with_kind(rattle(slab, rng, 0.05), "quarter_ml"))
     return frames
 
 
-def large_slabs_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
-    return [covered_slab((4, 4, 4), 4 + 2 * (i % 3), rng, "large_slab_co") for i in range(n)]
+def large_slabs_with_co(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
+    return [covered_slab((4, 4, 4), 4 + 2 * (i % 3), rng, "large_slab_co", a0) for i in range(n)]
 
 
-def desorption(n: int, rng: np.random.Generator) -> List[Atoms]:
+def desorption(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
     frames = []
     for height in np.linspace(1.6, 6.0, n):
-        slab = pt111_slab((3, 3, 4))
+        slab = pt111_slab((3, 3, 4), a0=a0)
         _random_co(slab, "ontop", (1, 1), rng, height=height)
         frames.append(with_kind(rattle(slab, rng, 0.05), "desorption"))
     return frames
@@ -200,9 +212,11 @@ def gas_co(n: int, rng: np.random.Generator) -> List[Atoms]:
     return frames
 
 
-def md_snapshots(n: int, rng: np.random.Generator, calc, steps_between: int = 10) -> List[Atoms]:
-    """Snapshots of a 3x3x4 slab with 2 CO, Langevin at 600 K (2 fs) with the labeller."""
-    atoms = covered_slab((3, 3, 4), 2, rng, "md")
+def md_snapshots(n: int, rng: np.random.Generator, calc, steps_between: int = 10,
+                 a0: float = PT_A0) -> List[Atoms]:
+    """Snapshots of a 3x3x4 slab (lattice constant ``a0``) with 2 CO, Langevin at 600 K (2 fs)
+    with the labeller."""
+    atoms = covered_slab((3, 3, 4), 2, rng, "md", a0)
     atoms.calc = calc
     thermalize_momenta(atoms, temperature_K=600.0, rng=rng)
     dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=600.0, friction=0.02, fixcm=False, rng=rng)
@@ -229,22 +243,24 @@ PARTICLES = {
 SMALL_PARTICLES = ("to38", "co55", "to79")
 
 
-def nanoparticle(name: str, vacuum: float = 6.0) -> Atoms:
-    """Pt cuboctahedron (``coNN``) or truncated octahedron (``toNN``) of ``PARTICLES``, centred
-    in a box with ``vacuum`` on every side."""
+def nanoparticle(name: str, vacuum: float = 6.0, a0: float = PT_A0) -> Atoms:
+    """Pt cuboctahedron (``coNN``) or truncated octahedron (``toNN``) of ``PARTICLES`` with
+    lattice constant ``a0``, centred in a box with ``vacuum`` on every side."""
     length, cutoff = PARTICLES[name]
-    particle = Octahedron("Pt", length, cutoff, latticeconstant=PT_A0)
+    particle = Octahedron("Pt", length, cutoff, latticeconstant=a0)
     particle.center(vacuum=vacuum)
     return particle
 
 
-def stepped_slab(facet: str, layers: Optional[int] = None, vacuum: float = 8.0) -> Atoms:
-    """Stepped Pt slab: ``211`` (3-atom (111) terraces, (100) steps; 36 atoms by default) or
-    ``331`` (3-row (111) terraces, (111) steps; 40 atoms by default)."""
+def stepped_slab(facet: str, layers: Optional[int] = None, vacuum: float = 8.0,
+                 a0: float = PT_A0) -> Atoms:
+    """Stepped Pt slab of lattice constant ``a0``: ``211`` (3-atom (111) terraces, (100)
+    steps; 36 atoms by default) or ``331`` (3-row (111) terraces, (111) steps; 40 atoms by
+    default)."""
     if facet == "211":
-        return fcc211("Pt", (3, 2, layers or 6), a=PT_A0, vacuum=vacuum)
+        return fcc211("Pt", (3, 2, layers or 6), a=a0, vacuum=vacuum)
     if facet == "331":
-        cell = bulk("Pt", "fcc", a=PT_A0, cubic=True)
+        cell = bulk("Pt", "fcc", a=a0, cubic=True)
         return surface(cell, (3, 3, 1), layers or 10, vacuum=vacuum)
     raise ValueError(f"unknown stepped facet `{facet}`: use 211 or 331")
 
@@ -340,33 +356,33 @@ def add_co_on_sites(atoms: Atoms, num_co: int, rng: np.random.Generator,
     return added
 
 
-def nanoparticles(n: int, rng: np.random.Generator, sizes: Sequence[str] = SMALL_PARTICLES
-                  ) -> List[Atoms]:
+def nanoparticles(n: int, rng: np.random.Generator, sizes: Sequence[str] = SMALL_PARTICLES,
+                  a0: float = PT_A0) -> List[Atoms]:
     """Pt nanoparticles of ``sizes`` in turn with 0-8 CO on top, bridge and hollow sites,
     rattled 0.05 A."""
     frames = []
     for k in range(n):
-        particle = nanoparticle(sizes[k % len(sizes)])
+        particle = nanoparticle(sizes[k % len(sizes)], a0=a0)
         add_co_on_sites(particle, int(rng.integers(0, 9)), rng)
         frames.append(with_kind(rattle(particle, rng, 0.05), "nanoparticle"))
     return frames
 
 
-def stepped_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
+def stepped_with_co(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
     """Pt(211) and Pt(331) slabs in turn with 0-4 CO (top, bridge, hollow), rattled 0.05 A."""
     frames = []
     for k in range(n):
-        slab = stepped_slab(("211", "331")[k % 2])
+        slab = stepped_slab(("211", "331")[k % 2], a0=a0)
         add_co_on_sites(slab, int(rng.integers(0, 5)), rng)
         frames.append(with_kind(rattle(slab, rng, 0.05), "stepped"))
     return frames
 
 
-def bulk_vacancies(n: int, rng: np.random.Generator) -> List[Atoms]:
-    """108-atom fcc cells with 1 or 2 vacancies, strain <= 1 %, rattle 0.02-0.08 A."""
+def bulk_vacancies(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
+    """108-atom fcc cells at ``a0`` with 1 or 2 vacancies, strain <= 1 %, rattle 0.02-0.08 A."""
     frames = []
     for k in range(n):
-        atoms = pt_bulk(PT_A0, repeat=3)
+        atoms = pt_bulk(a0, repeat=3)
         del atoms[rng.choice(len(atoms), 1 + k % 2, replace=False).tolist()]
         strain = rng.uniform(-0.01, 0.01, (3, 3))
         atoms.set_cell(atoms.cell @ (np.eye(3) + 0.5 * (strain + strain.T)), scale_atoms=True)
@@ -374,9 +390,9 @@ def bulk_vacancies(n: int, rng: np.random.Generator) -> List[Atoms]:
     return frames
 
 
-def thick_slabs_with_co(n: int, rng: np.random.Generator) -> List[Atoms]:
+def thick_slabs_with_co(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
     """Pt(111) 3x3x8 slabs (bulk-like middle layers) with 1-3 CO, rattled 0.05 A."""
-    return [covered_slab((3, 3, 8), 1 + i % 3, rng, "thick_slab_co") for i in range(n)]
+    return [covered_slab((3, 3, 8), 1 + i % 3, rng, "thick_slab_co", a0) for i in range(n)]
 
 
 # ---------------------------------------------------------------- the interface test
