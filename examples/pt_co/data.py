@@ -124,8 +124,7 @@ EXPERT_NAMES = ("big", "small")  # label k means EXPERT_NAMES[k], as in configs/
 # buffer (A) of big-expert atoms around the core: the small expert's cutoff (4.5 A), so no
 # core atom's force carries a small-expert term; it lies between the second (a0: 3.98 A with
 # SevenNet) and third (1.22 a0: 4.87 A) fcc Pt neighbour shells, so rattled frames keep whole
-# shells. The report's buffer
-# sweep measures accuracy and speed-up against the width.
+# shells. The report's buffer sweep measures accuracy and speed-up against the width.
 DEFAULT_BUFFER_WIDTH = 4.5
 
 

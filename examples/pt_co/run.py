@@ -280,11 +280,10 @@ def distil_stage(pipeline: Pipeline, extra: int, columns: int, device: str):
             str(layout.package(big_model())), device=device,
             chemical_species_to_atom_type_map=True,
         )
-        summary = layout.data / "summary.json"
-        a0 = json.loads(summary.read_text()).get("a0") if summary.is_file() else None
+        # the data stage's fitted lattice constant (summary.json always written beside the splits)
+        a0 = json.loads((layout.data / "summary.json").read_text()).get("a0", data.PT_A0)
         frames = data.distilled_frames(
-            read(layout.data / "train.xyz", index=":"), calc, extra, columns=columns,
-            **({"a0": a0} if a0 else {}),
+            read(layout.data / "train.xyz", index=":"), calc, extra, columns=columns, a0=a0
         )
         write(out, frames, format="extxyz")
         print(f"    {len(frames)} training frames, {extra} cubic and {columns} long bulk cells")
