@@ -225,7 +225,9 @@ def test_check_lammps_pair_style_target_and_locality(capsys, lammps_files):
 
 
 def test_assign_writes_a_balanced_input_that_checks_out(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(assign, "read_metadata", lambda path: model_metadata())
+    monkeypatch.setattr(
+        "nequip_moe.integrations.model_files.read_metadata", lambda path: model_metadata()
+    )
     monkeypatch.setattr(lammps_check, "read_metadata", lambda path: model_metadata())
     structure = tmp_path / "slab.xyz"
     pt111_slab().write(structure)
