@@ -7,9 +7,9 @@ Each subcommand lives in its own module of ``nequip_moe.scripts`` that provides
 import argparse
 import sys
 
-from . import assign, bench, check_lammps, deploy, types
+from . import assign, bench, check_lammps, deploy, types, validate
 
-_SUBCOMMANDS = [types, assign, deploy, check_lammps, bench]
+_SUBCOMMANDS = [types, assign, deploy, check_lammps, bench, validate]
 
 
 def main(args=None) -> int:
