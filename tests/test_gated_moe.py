@@ -236,7 +236,8 @@ def test_metadata_and_neighbor_cutoffs():
 
 
 def test_gate_shells_enter_the_neighbor_cutoffs():
-    """Experts with short cutoffs: the gate's 3.5 A host shell still reaches the neighbour list."""
+    """Experts with short cutoffs: the gate's host shell (3.50 A for Pt) still reaches the
+    neighbour list."""
     experts = {
         "big": allegro_expert(r_max=3.0),
         "small": allegro_expert(r_max=2.0),
@@ -244,7 +245,7 @@ def test_gate_shells_enter_the_neighbor_cutoffs():
     moe = build(gated_config(experts, r_max=3.0) | {"r_max": 3.6})
     cutoffs = np.array(moe.metadata["per_edge_type_cutoff"].split(), dtype=float).reshape(3, 3)
     pt = ELEMENTS.index("Pt")
-    assert cutoffs[pt, pt] == 3.5  # the gate's coordination_r_off
+    assert cutoffs[pt, pt] == AdsorbateCoordinationGate(ELEMENTS).coordination_r_off
     assert cutoffs[pt, ELEMENTS.index("C")] == 3.0
 
 

@@ -10,7 +10,7 @@ Rules are the dataclasses of ``nequip_moe.data.rules``, or plain mappings (e.g. 
 a ``kind`` key::
 
     - {kind: near, expert: big, species: [C, O], cutoff: 4.0}
-    - {kind: depth, expert: big, depth: 2.5, species: [Pt]}
+    - {kind: depth, expert: big, depth: 2.5, species: [Cu]}
 
 A rules file (YAML, read by ``read_rules_file``) is a list of rules, or a mapping with a
 ``rules`` list, an optional ``preset`` (``nequip_moe.data.presets``) and the settings of

@@ -4,7 +4,7 @@ Rules are the dataclasses below, or plain mappings (e.g. from YAML) with a ``kin
 (``rule_from_dict``)::
 
     - {kind: near, expert: big, species: [C, O], cutoff: 4.0}
-    - {kind: depth, expert: big, depth: 2.5, species: [Pt]}
+    - {kind: depth, expert: big, depth: 2.5, species: [Cu]}
     - {kind: coordination, expert: big, species: [Fe], neighbours: [Fe]}
 
 ``nequip_moe.data.regions.assign_experts`` applies them in order. Positions and distances are

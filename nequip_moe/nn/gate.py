@@ -52,7 +52,7 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
         crystal (str): the hosts' crystal, ``fcc``, ``bcc``, ``hcp``, ``diamond`` or ``sc`` (default: the hosts' reference crystal)
         nearest_neighbour (float): the hosts' nearest-neighbour distance in Å (default: the reference crystal's)
         adsorbate_r_on (float): adsorbate neighbours closer than this count fully (default: 0.9 x the nearest-neighbour distance)
-        adsorbate_r_off (float): adsorbate neighbours beyond this do not count (default: 1.1 x the nearest-neighbour distance)
+        adsorbate_r_off (float): adsorbate neighbours beyond this do not count (default: 1.08 x the nearest-neighbour distance; for Pt 2.49 and 2.99 A)
         coordination_r_on (float): host neighbours closer than this count fully (default: the bulk shell's ``switch_on``)
         coordination_r_off (float): host neighbours beyond this do not count (default: the bulk shell's ``switch_off``)
         bulk_coordination (float): host neighbours of a bulk host atom (default: the bulk shell's)
@@ -93,7 +93,7 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
         shell = bulk_shell(shells)
         nearest = shells[0][0]
         self.adsorbate_r_on = float(0.9 * nearest if adsorbate_r_on is None else adsorbate_r_on)
-        self.adsorbate_r_off = float(1.1 * nearest if adsorbate_r_off is None else adsorbate_r_off)
+        self.adsorbate_r_off = float(1.08 * nearest if adsorbate_r_off is None else adsorbate_r_off)
         self.coordination_r_on = float(
             shell.switch_on if coordination_r_on is None else coordination_r_on
         )

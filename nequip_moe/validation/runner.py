@@ -162,15 +162,16 @@ def _require(calculators, reason):
 
 
 def _shared_masks(bulk: Atoms, frames: Sequence[Atoms], radius: float) -> List[np.ndarray]:
-    """Bulk-like atoms of the host (the bulk's most abundant element) in each test frame."""
-    from collections import Counter
-
+    """Bulk-like host atoms of each test frame (``SharedEnvironments``' rule, the host being
+    the bulk's element); none when the bulk holds several elements (no single host)."""
     from nequip.data import from_ase
 
     from nequip_moe.data.shared import SharedEnvironments
 
-    host = Counter(bulk.get_chemical_symbols()).most_common(1)[0][0]
-    rule = SharedEnvironments(host=host, bulk=bulk, foreign_radius=radius)
+    elements = set(bulk.get_chemical_symbols())
+    if len(elements) > 1:
+        return [np.zeros(len(a), dtype=bool) for a in frames]
+    rule = SharedEnvironments(host=elements.pop(), bulk=bulk, foreign_radius=radius)
     return [rule.bulk_like(from_ase(a)).numpy() for a in frames]
 
 
