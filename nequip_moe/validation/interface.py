@@ -26,7 +26,7 @@ from nequip_moe.validation.bulk import predict
 from nequip_moe.validation.crystal import interface_distance, strained
 
 SPLIT_STRAINS = (-0.03, -0.02, -0.01, 0.0, 0.01, 0.02, 0.03)
-DISTANCE_BINS = tuple(np.arange(-8.0, 8.5, 1.0))
+DISTANCE_BINS = tuple(float(x) for x in range(-8, 9))
 
 
 def _mae(values: List[np.ndarray]) -> Optional[float]:
