@@ -255,7 +255,7 @@ def _build_expert(
         cutoffs = cutoff_partialdict_to_tensor(dict(per_type), expert_type_names, this_r_max)
     else:
         n = len(expert_type_names)
-        cutoffs = torch.full((n, n), this_r_max)
+        cutoffs = torch.full((n, n), this_r_max, dtype=torch.float64)
     if AtomicDataDict.PER_ATOM_ENERGY_KEY not in module.irreps_out:
         raise ValueError(f"expert `{name}` does not produce per-atom energies")
     return ExpertSpec(

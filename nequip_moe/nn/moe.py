@@ -166,16 +166,19 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                 dtype=torch.bool,
             ),
         )
-        # per expert: flattened (centre composite type, neighbour composite type) -> cutoff
+        # per expert: (centre composite type, neighbour composite type) -> cutoff, as written
+        # (Python floats: the precision the user gave them in, whatever the model's dtype)
         cutoffs = [
-            [[s.cutoffs[a][b] for b in type_map] for a in type_map]
+            [[float(s.cutoffs[a][b]) for b in type_map] for a in type_map]
             for s, type_map in zip(specs, type_maps)
         ]
+        self._expert_cutoffs = cutoffs
+        # flattened for the forward pass, in float64 like nequip's own per-edge-type cutoffs and
+        # edge lengths (whatever `model_dtype`): an edge is routed to an expert exactly when
+        # the expert's own cutoff envelope keeps it, in float32 models too
         self.register_buffer(
             "expert_cutoffs",
-            torch.as_tensor(cutoffs, dtype=torch.get_default_dtype()).view(
-                len(specs), num_types * num_types
-            ),
+            torch.as_tensor(cutoffs, dtype=torch.float64).view(len(specs), num_types * num_types),
         )
         # dummy atoms padding routed edges (see `expert_atomic_energy`) lie this far apart
         self._dummy_distance = 2.0 * max(max(max(row) for row in c) for c in cutoffs) + 100.0
@@ -224,7 +227,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             cotraining (bool): the cutoffs co-training needs instead of inference's
         """
         owner = self.type_experts.tolist()
-        cutoffs = self.expert_cutoffs.view(-1, self.num_types, self.num_types).tolist()
+        cutoffs = self._expert_cutoffs
         gated = self.gate is not None
         out = [[0.0] * self.num_types for _ in range(self.num_types)]
         if gated:
