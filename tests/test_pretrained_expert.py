@@ -137,7 +137,7 @@ def test_two_packaged_experts_are_refused_while_packaging(allegro_package, tmp_p
 
     other = tmp_path / "other.nequip.zip"
     shutil.copy(allegro_package, other)
-    monkeypatch.setattr(moe_model, "get_workflow_state", lambda: "package")
+    monkeypatch.setattr(moe_model, "workflow_state", lambda: "package")
     monkeypatch.setattr(moe_model, "_PACKAGES_LOADED_BY_NEQUIP_PACKAGE", set())
     moe_model.PretrainedExpert(str(allegro_package))
     moe_model.PretrainedExpert(str(allegro_package))  # the same package again is fine

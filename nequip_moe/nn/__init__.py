@@ -1,6 +1,7 @@
 """Graph modules of nequip-moe. Packaged with models: import only light code here."""
 
-from .moe import MixtureOfExpertsEnergy, ExpertSpec, DenseCompileGraphModel, ALL_EDGES
+from .moe import MixtureOfExpertsEnergy, ExpertSpec, DenseCompileGraphModel
+from .routing import ALL_EDGES
 from .gate import AdsorbateCoordinationGate
 
 __all__ = [
