@@ -238,9 +238,15 @@ def test_metadata_carries_composite_table():
     moe_energy = next(m for m in build(TWO_ALLEGRO).modules() if isinstance(m, MixtureOfExpertsEnergy))
     assert moe_energy.neighbor_cutoffs(cotraining=True) == [[4.0] * 6] * 6
     # a NequIP expert of 2 layers has a halo of one shell: it needs its edges from every centre
+    # one cutoff for every pair is `r_max` alone (LAMMPS may map many of its types onto one):
     metadata = build(NEQUIP_ALLEGRO).metadata
     assert metadata["moe_expert_halo_hops"] == "1 0"
-    assert set(metadata["per_edge_type_cutoff"].split()) == {"4.0"}
+    assert "per_edge_type_cutoff" not in metadata and metadata["r_max"] == "4.0"
+    # ... also below the MoE's r_max: the experts' common cutoff becomes the metadata's r_max
+    config = copy.deepcopy(NEQUIP_ALLEGRO)
+    config["experts"]["big"]["r_max"] = config["experts"]["small"]["r_max"] = 3.6
+    metadata = build(config).metadata
+    assert "per_edge_type_cutoff" not in metadata and metadata["r_max"] == "3.6"
 
 
 def allegro_by_another_name(**kwargs):

@@ -78,10 +78,14 @@ def MoEModel(
 
     The metadata's ``per_edge_type_cutoff`` holds the tightest neighbour cutoff of every
     composite type pair that the experts need at inference (an expert's own cutoffs from the
-    centres it evaluates), so that LAMMPS builds the smallest neighbour list; with per-edge-type
-    cutoffs, LAMMPS types must map one-to-one onto model types. Co-training evaluates experts
-    on other experts' atoms as well: its training data's neighbour list must hold every
-    expert's edges from every centre type (e.g. one ``r_max`` for all pairs, the default).
+    centres it evaluates, as written, in any ``model_dtype``), so that LAMMPS builds the
+    smallest neighbour list; with per-edge-type cutoffs, LAMMPS types must map one-to-one onto
+    model types. One cutoff for every pair is written as ``r_max`` alone (no
+    ``per_edge_type_cutoff``), so that several LAMMPS types may map onto one model type.
+    Co-training evaluates experts on other experts' atoms as well: its training data's
+    neighbour list must hold every expert's edges from every centre type
+    (``neighbor_cutoffs(cotraining=True)`` of the MoE energy module, e.g. one ``r_max`` for all
+    pairs, the default); the first co-training batch is checked and refused otherwise.
 
     Args:
         seed (int): seed for reproducibility

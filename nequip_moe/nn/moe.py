@@ -12,7 +12,7 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, with_edge_vectors_
 from nequip.nn.compile import CompileGraphModel
-from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
+from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY, R_MAX_KEY
 
 from nequip_moe._keys import (
     ATOM_EXPERT_KEY,
@@ -24,12 +24,13 @@ from nequip_moe._keys import (
     EXPERT_R_MAX_KEY,
     EXPERT_HALO_HOPS_KEY,
 )
-from nequip_moe.nn.cotraining import shared_expert_outputs
+from nequip_moe.nn.cotraining import check_cotraining_neighbours, shared_expert_outputs
 from nequip_moe.nn.routing import (
     edges_in_range,
     expert_edges,
     expert_inputs,
     refuse_ghost_atom_export,
+    traced,
 )
 
 from typing import Dict, List, Optional
@@ -80,16 +81,19 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     Co-training (:mod:`.cotraining`): when the input holds the per-atom ``shared`` mark, every
     expert is also evaluated on the shared atoms (plus the atoms whose energies depend on their
     positions; a gated MoE adds the blend-zone atoms to ``shared``, where the experts'
-    disagreement would otherwise act as a force) and the module outputs each expert's per-atom energies ``[num_atoms, num_experts]``, whole-frame
-    forces ``[num_atoms, num_experts, 3]`` and frame energies ``[num_frames, num_experts]`` there
-    (``expert_atomic_energy``, ``expert_forces``, ``expert_total_energy``). Deployed models
+    disagreement would otherwise act as a force) and the module outputs each expert's per-atom
+    energies ``[num_atoms, num_experts]``, whole-frame forces ``[num_atoms, num_experts, 3]``
+    and frame energies ``[num_frames, num_experts]`` there (``expert_atomic_energy``,
+    ``expert_forces``, ``expert_total_energy``). The first such input is checked to carry
+    every edge this needs (the co-training cutoffs, :meth:`neighbor_cutoffs`). Deployed models
     never receive ``shared``, so this costs nothing at inference.
 
     The module contributes the model metadata that describes it: what its type names mean
     (``type_metadata``: the composite-type table's ``CompositeTypeTable.to_metadata``, or a
     gated MoE's expert names and gate class), each expert's ``r_max`` (``moe_expert_r_max``)
     and receptive field (``moe_expert_halo_hops``), and the neighbour cutoff of every composite
-    type pair (``per_edge_type_cutoff``, see :meth:`neighbor_cutoffs`).
+    type pair (``per_edge_type_cutoff``, see :meth:`neighbor_cutoffs`; left out for one cutoff
+    everywhere, then written as ``r_max``).
 
     Args:
         experts (Dict[str, ExpertSpec]): expert name -> spec, in expert-label order
@@ -137,6 +141,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         self.experts = torch.nn.ModuleDict({name: s.module for name, s in experts.items()})
         self.gate = gate
         self.expert_names = names
+        self.type_names = list(type_names)
         self.num_types = num_types
         self.dense = dense
         self.expert_halo_hops = [int(s.halo_hops) for s in specs]
@@ -191,6 +196,8 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         # `shared` is an optional input: declare it so GraphModel lets it through
         irreps_in = dict(irreps_in or {})
         irreps_in[SHARED_KEY] = None
+        # the first co-training input's neighbour list is checked (eager), once
+        self._cotraining_neighbours_checked = False
         gate_out = {} if gate is None else {GATE_KEY: "0e"}
         self._init_irreps(
             irreps_in=irreps_in,
@@ -235,13 +242,20 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
 
     @torch.jit.unused
     def _get_metadata_contributions(self) -> Dict[str, str]:
+        cutoffs = [c for row in self._neighbor_cutoffs for c in row]
+        if len(set(cutoffs)) == 1:
+            # one cutoff for every pair: `r_max` alone says it, and LAMMPS may then map several
+            # of its types onto one model type (pair_allegro leaves per-type cutoffs of the
+            # types left out of its map unset)
+            neighbours = {R_MAX_KEY: str(cutoffs[0])}
+        else:
+            # nequip sets `r_max` to the largest of these
+            neighbours = {PER_EDGE_TYPE_CUTOFF_KEY: " ".join(str(c) for c in cutoffs)}
         return {
             **self._type_metadata,
             EXPERT_R_MAX_KEY: " ".join(str(r) for r in self._expert_r_max),
             EXPERT_HALO_HOPS_KEY: " ".join(str(h) for h in self.expert_halo_hops),
-            PER_EDGE_TYPE_CUTOFF_KEY: " ".join(
-                str(c) for row in self._neighbor_cutoffs for c in row
-            ),
+            **neighbours,
         }
 
     def expert_weights(self, data: AtomicDataDict.Type) -> torch.Tensor:
@@ -315,6 +329,9 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                 # agreement in the blend zone, where e^big - e^small multiplies grad g
                 shared = shared | ((weights[:, 0] > 0) & (weights[:, 0] < 1))
                 data[SHARED_KEY] = shared.to(data[SHARED_KEY].dtype).view(data[SHARED_KEY].shape)
+            if not (self._cotraining_neighbours_checked or torch.jit.is_scripting() or traced(data)):
+                check_cotraining_neighbours(self, data, shared)
+                self._cotraining_neighbours_checked = True
             data.update(shared_expert_outputs(self, data, shared, in_range))
         return data
 

@@ -3,7 +3,7 @@
 An expert evaluated on a set of centre atoms needs the edges centred on them within its own
 cutoffs (strictly local experts, e.g. Allegro) plus the receptive-field halo of message-passing
 experts; it runs on a fresh data dict holding only those edges (:func:`expert_inputs`), padded
-for export with two dummy atoms (:func:`with_dummy_atoms`).
+for export with two dummy atoms in a frame of their own (:func:`with_dummy_atoms`).
 """
 
 import torch
@@ -201,12 +201,15 @@ def expert_inputs(
 def with_dummy_atoms(
     data: AtomicDataDict.Type, num_atoms: int, far: float
 ) -> AtomicDataDict.Type:
-    """Append two dummy atoms (type 0, frame 0) joined by two edges of length ``far``, as
-    LAMMPS Kokkos pads its lists.
+    """Append two dummy atoms (type 0) in a frame of their own, joined by two edges of length
+    ``far``, as LAMMPS Kokkos pads its lists.
 
     Every real atom's energy is untouched, and the routed edge count, unknown while tracing for
     export, is then provably at least 2, which layers that broadcast over edges (e.g. NequIP's
-    tensor products) need to be exported.
+    tensor products) need to be exported. Their own frame keeps them out of every per-frame
+    count and reduction of the real frames (``num_nodes``: an expert that normalises by the
+    atoms of a frame sees the real ones only); single-frame inputs get ``batch`` and
+    ``num_nodes`` for that.
 
     Args:
         data: an expert's fresh data dict (modified in place)
@@ -222,7 +225,21 @@ def with_dummy_atoms(
     data[AtomicDataDict.ATOM_TYPE_KEY] = torch.cat([types, types.new_zeros(2)], 0)
     if AtomicDataDict.BATCH_KEY in data:
         batch = data[AtomicDataDict.BATCH_KEY]
-        data[AtomicDataDict.BATCH_KEY] = torch.cat([batch, batch.new_zeros(2)], 0)
+        num_nodes = data[AtomicDataDict.NUM_NODES_KEY]
+        dummy_frame = batch.new_zeros(2) + num_nodes.size(0)
+        data[AtomicDataDict.BATCH_KEY] = torch.cat([batch, dummy_frame], 0)
+        data[AtomicDataDict.NUM_NODES_KEY] = torch.cat([num_nodes, num_nodes.new_full((1,), 2)], 0)
+    else:
+        batch = torch.cat([types.new_zeros(num_atoms), types.new_ones(2)], 0)
+        data[AtomicDataDict.BATCH_KEY] = batch
+        data[AtomicDataDict.NUM_NODES_KEY] = batch.new_zeros(2).index_add(
+            0, batch, torch.ones_like(batch)
+        )
+    if AtomicDataDict.CELL_KEY in data:
+        # an invertible cell for the dummies' frame (their edge vectors are given)
+        cell = data[AtomicDataDict.CELL_KEY].view(-1, 3, 3)
+        dummy_cell = torch.eye(3, dtype=cell.dtype, device=cell.device).unsqueeze(0) * (4.0 * far)
+        data[AtomicDataDict.CELL_KEY] = torch.cat([cell, dummy_cell], 0)
     dummies = torch.arange(num_atoms, num_atoms + 2, device=pos.device)
     data[AtomicDataDict.EDGE_INDEX_KEY] = torch.cat(
         [data[AtomicDataDict.EDGE_INDEX_KEY], torch.stack([dummies, dummies.flip(0)])], 1
