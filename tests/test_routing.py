@@ -9,6 +9,7 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
 
+from test_cotraining import TWO_ALLEGRO_TINY
 from test_moe_model import (  # noqa: F401  (float64: module-wide float64 fixture)
     ELEMENTS,
     build,
@@ -64,13 +65,8 @@ def per_frame_expert(type_names, r_max, do_derivatives=False):
 PER_FRAME = {
     "seed": 1,
     "r_max": 4.0,
-    "type_names": ["C", "O", "Pt", "Pt_small"],
-    "composite_types": {
-        "C": {"element": "C", "expert": "big"},
-        "O": {"element": "O", "expert": "big"},
-        "Pt": {"element": "Pt", "expert": "big"},
-        "Pt_small": {"element": "Pt", "expert": "small"},
-    },
+    "type_names": TWO_ALLEGRO_TINY["type_names"],
+    "composite_types": TWO_ALLEGRO_TINY["composite_types"],
     "experts": {
         "big": {"_target_": "test_routing.per_frame_expert"},
         "small": {"_target_": "test_routing.per_frame_expert", "r_max": 3.0},

@@ -48,6 +48,7 @@ def MoEModel(
     expert_locality: Optional[Dict[str, Union[str, int]]] = None,
     dense: bool = False,
     frozen_experts: Sequence[str] = (),
+    frozen_expert_cache: bool = True,
     do_derivatives: bool = True,
 ):
     """Spatial Mixture-of-Experts potential: each atom's energy comes from its expert(s).
@@ -99,6 +100,7 @@ def MoEModel(
         expert_locality (Dict[str, Union[str, int]]): expert name -> ``local``, number of message-passing halo shells, or ``all``, for experts whose receptive field is not known from their builder (default: none declared)
         dense (bool): every expert evaluates every edge (masked per atom) instead of only its own; numerically identical and compile-friendly, used automatically under ``compile_mode: compile`` (default ``False``)
         frozen_experts (Sequence[str]): experts whose weights are not trained, e.g. a pretrained high-fidelity expert (default none)
+        frozen_expert_cache (bool): compute each frozen, strictly local expert once per training frame and reuse it every epoch (same numbers; default ``True``)
         do_derivatives (bool): compute forces, virial and stress by autograd (default ``True``)
     """
     type_names = [str(t) for t in type_names]
@@ -156,6 +158,7 @@ def MoEModel(
         ).tolist(),
         dense=dense,
         gate=gate_module,
+        frozen_expert_cache=frozen_expert_cache,
         irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"},
     )
     total_energy_sum = AtomwiseReduce(

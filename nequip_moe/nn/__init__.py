@@ -2,6 +2,7 @@
 
 from .moe import MixtureOfExpertsEnergy, ExpertSpec, DenseCompileGraphModel
 from .routing import ALL_EDGES
+from .frozen_cache import FrozenExpertCache
 from .gate import AdsorbateCoordinationGate
 
 __all__ = [
@@ -9,5 +10,6 @@ __all__ = [
     "ExpertSpec",
     "DenseCompileGraphModel",
     "ALL_EDGES",
+    "FrozenExpertCache",
     "AdsorbateCoordinationGate",
 ]

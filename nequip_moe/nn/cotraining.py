@@ -17,7 +17,7 @@ from nequip_moe._keys import (
     EXPERT_TOTAL_ENERGY_KEY,
 )
 from nequip_moe.compat.torch_api import assert_async
-from nequip_moe.nn.routing import edge_centres, edges_in_range, expert_edges, traced
+from nequip_moe.nn.routing import edge_centres, edges_in_range, traced
 
 from typing import Dict, List, Optional
 
@@ -27,6 +27,7 @@ def shared_expert_outputs(
     data: AtomicDataDict.Type,
     shared: torch.Tensor,
     in_range: Optional[List[torch.Tensor]],
+    cached: Optional[Dict[int, torch.Tensor]] = None,
 ) -> Dict[str, torch.Tensor]:
     """Every expert's per-atom energies, whole-frame forces and frame energies on shared atoms.
 
@@ -42,7 +43,10 @@ def shared_expert_outputs(
         data: graph with edge vectors and lengths
         shared: boolean mask ``[num_atoms]`` of the shared atoms
         in_range: per-expert edge masks (``routing.edges_in_range``; ``None`` in dense mode)
+        cached: expert index -> its per-atom energies of every atom, where already known
+            (``MixtureOfExpertsEnergy.frozen_energies``; default none)
     """
+    cached = {} if cached is None else cached
     pos = data[AtomicDataDict.POSITIONS_KEY]
     num_frames = AtomicDataDict.num_frames(data)
     atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
@@ -57,14 +61,9 @@ def shared_expert_outputs(
             assert_async(~(shared & ~known).any(), message)
         elif bool((shared & ~known).any()):
             raise ValueError(message)
-        edges, exact = expert_edges(
-            data,
-            moe.expert_halo_hops[expert_idx],
-            shared,
-            None if in_range is None else in_range[expert_idx],
-            force_support=True,
+        energy, exact = moe.expert_energy_on(
+            data, expert_idx, shared, in_range, cached, force_support=True
         )
-        energy = moe.expert_atomic_energy(data, expert_idx, edges)
         energy = torch.where(exact.unsqueeze(-1), energy, 0.0)
         total = energy.sum()
         if pos.requires_grad:

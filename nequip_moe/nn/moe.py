@@ -25,6 +25,7 @@ from nequip_moe._keys import (
     EXPERT_HALO_HOPS_KEY,
 )
 from nequip_moe.nn.cotraining import check_cotraining_neighbours, shared_expert_outputs
+from nequip_moe.nn.frozen_cache import FrozenExpertCache
 from nequip_moe.nn.routing import (
     edges_in_range,
     expert_edges,
@@ -33,7 +34,7 @@ from nequip_moe.nn.routing import (
     traced,
 )
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 @dataclasses.dataclass
@@ -88,6 +89,11 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     every edge this needs (the co-training cutoffs, :meth:`neighbor_cutoffs`). Deployed models
     never receive ``shared``, so this costs nothing at inference.
 
+    Frozen experts (no parameter that requires grad) that are strictly local are computed once
+    per training frame (``frozen_expert_cache``, :mod:`.frozen_cache`): in eager training their
+    per-atom energies and edge gradients come from a per-frame cache, with the same energies,
+    forces, stress and co-training outputs as evaluating them.
+
     The module contributes the model metadata that describes it: what its type names mean
     (``type_metadata``: the composite-type table's ``CompositeTypeTable.to_metadata``, or a
     gated MoE's expert names and gate class), each expert's ``r_max`` (``moe_expert_r_max``)
@@ -104,6 +110,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         neighbor_cutoffs (List[List[float]]): ``[num_types, num_types]`` neighbour-list cutoffs over composite types to write into the metadata, at least :meth:`neighbor_cutoffs` (default: exactly that)
         dense (bool): evaluate every expert on every edge (default ``False``)
         gate (GraphModuleMixin): module writing the per-atom gate ``moe_gate`` ``[num_atoms, 1]`` from the graph, with a ``neighbor_cutoffs()`` method giving the edges it reads (e.g. :class:`~nequip_moe.nn.AdsorbateCoordinationGate`); needs exactly two experts, high-fidelity first (default ``None``: static regions)
+        frozen_expert_cache (bool): compute frozen, strictly local experts once per training frame (default ``True``)
     """
 
     dense: bool
@@ -118,6 +125,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         neighbor_cutoffs: Optional[List[List[float]]] = None,
         dense: bool = False,
         gate: Optional[GraphModuleMixin] = None,
+        frozen_expert_cache: bool = True,
         irreps_in=None,
     ):
         super().__init__()
@@ -144,6 +152,8 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         self.type_names = list(type_names)
         self.num_types = num_types
         self.dense = dense
+        self.frozen_expert_cache = frozen_expert_cache
+        self._frozen = FrozenExpertCache()
         self.expert_halo_hops = [int(s.halo_hops) for s in specs]
         self._type_metadata = dict(type_metadata)
         self._expert_r_max = [float(s.r_max) for s in specs]
@@ -301,22 +311,54 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         energy = expert(expert_data)[AtomicDataDict.PER_ATOM_ENERGY_KEY]
         return energy[:num_atoms].view(-1, 1)
 
+    def expert_energy_on(
+        self,
+        data: AtomicDataDict.Type,
+        expert_idx: int,
+        centres: torch.Tensor,
+        in_range: Optional[List[torch.Tensor]],
+        cached: Dict[int, torch.Tensor],
+        force_support: bool = False,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies ``[num_atoms, 1]`` of an expert, exact on ``centres``, and the mask
+        of atoms where they are exact: the cached energies of every atom, or the expert
+        evaluated on the edges it needs (``routing.expert_edges``).
+
+        Args:
+            data: graph with edge vectors and lengths
+            expert_idx: expert index
+            centres: boolean mask ``[num_atoms]``
+            in_range: per-expert edge masks (``None`` in dense mode)
+            cached: expert index -> per-atom energies of every atom (frozen experts)
+            force_support: also exact on the atoms whose energies depend on ``centres``
+        """
+        if expert_idx in cached:
+            return cached[expert_idx], torch.ones_like(centres)
+        edges, exact = expert_edges(
+            data,
+            self.expert_halo_hops[expert_idx],
+            centres,
+            None if in_range is None else in_range[expert_idx],
+            force_support,
+        )
+        return self.expert_atomic_energy(data, expert_idx, edges), exact
+
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         if not torch.jit.is_scripting():
             refuse_ghost_atom_export(data, self.expert_names, self.expert_halo_hops)
         data = with_edge_vectors_(data, with_lengths=True)
         weights = self.expert_weights(data)
         in_range = None if self.dense else edges_in_range(data, self.expert_cutoffs, self.num_types)
+        # frozen, strictly local experts in eager training: from the per-frame cache
+        cached: Dict[int, torch.Tensor] = {}
+        if self.training and self.frozen_expert_cache and not traced(data):
+            cached = self._frozen.frozen_energies(self, data)
         energy = torch.zeros_like(weights[:, :1])
         for expert_idx in range(len(self.experts)):
             weight = weights[:, expert_idx : expert_idx + 1]
-            edges, _ = expert_edges(
-                data,
-                self.expert_halo_hops[expert_idx],
-                weight.view(-1) != 0,
-                None if in_range is None else in_range[expert_idx],
+            expert_energy, _ = self.expert_energy_on(
+                data, expert_idx, weight.view(-1) != 0, in_range, cached
             )
-            expert_energy = self.expert_atomic_energy(data, expert_idx, edges)
             # atoms the expert does not weigh may get inexact (even non-finite) energies: mask
             # them before the product, so that neither they nor their gradients reach the sum
             energy = energy + weight * torch.where(weight != 0, expert_energy, 0.0)
@@ -332,7 +374,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             if not (self._cotraining_neighbours_checked or torch.jit.is_scripting() or traced(data)):
                 check_cotraining_neighbours(self, data, shared)
                 self._cotraining_neighbours_checked = True
-            data.update(shared_expert_outputs(self, data, shared, in_range))
+            data.update(shared_expert_outputs(self, data, shared, in_range, cached))
         return data
 
 
