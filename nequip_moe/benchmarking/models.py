@@ -78,16 +78,25 @@ class BenchModel:
         return np.array([self.type_names.index(s) for s in atoms.get_chemical_symbols()])
 
     def inputs(
-        self, atoms: ase.Atoms, high_fidelity: np.ndarray, device: torch.device
+        self,
+        atoms: ase.Atoms,
+        high_fidelity: np.ndarray,
+        device: torch.device,
+        uniform_cutoff: bool = False,
     ) -> AtomicDataDict.Type:
-        """Graph of ``atoms`` with this model's atom types and neighbour list (its cutoffs)."""
+        """Graph of ``atoms`` with this model's atom types and neighbour list (its cutoffs).
+
+        Args:
+            uniform_cutoff: every pair within ``r_max`` (a superset of what any expert reads:
+                the neighbour list co-training needs), instead of the per-edge-type cutoffs
+        """
         data = from_ase(atoms)
         data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(
             self.atom_types(atoms, high_fidelity), dtype=torch.long
         )
         data = NeighborListTransform(
             r_max=self.r_max,
-            per_edge_type_cutoff=self.per_edge_type_cutoff,
+            per_edge_type_cutoff=None if uniform_cutoff else self.per_edge_type_cutoff,
             type_names=self.type_names,
         )(data)
         return AtomicDataDict.to_(data, device)
