@@ -12,7 +12,6 @@ import pytest
 from ase.io import read
 from ase.neighborlist import neighbor_list
 
-from structures import BenchSlab, write_bench_slabs
 
 from nequip_moe.benchmarking import high_fidelity_mask
 from nequip_moe.benchmarking.untrained import bench_configs

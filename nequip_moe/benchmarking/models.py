@@ -19,9 +19,6 @@ from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.integrations.model_files import is_compiled, load_model
 
-# the three models of a benchmark: the MoE and each of its two experts alone
-MODEL_NAMES = ("moe", "big", "small")
-
 @dataclasses.dataclass
 class BenchModel:
     """A model under benchmark and what it needs to build its inputs.

@@ -3,7 +3,7 @@
 import pathlib
 from typing import Dict, List
 
-from nequip_moe.benchmarking.models import MODEL_NAMES
+from nequip_moe.benchmarking.options import MODEL_NAMES
 
 
 def format_table(rows: List[Dict]) -> str:

@@ -16,64 +16,11 @@ import ase
 from ase.io import read
 
 from nequip_moe.benchmarking.memory import memory_section
-from nequip_moe.benchmarking.models import (
-    MODEL_NAMES,
-    BenchModel,
-    compile_model,
-    load_bench_model,
-)
+from nequip_moe.benchmarking.models import BenchModel, compile_model, load_bench_model
+from nequip_moe.benchmarking.options import MODEL_NAMES, BenchOptions
 from nequip_moe.benchmarking.speed import cost_weights, scaling_from_rows, speed_rows
 from nequip_moe.benchmarking.training import training_section
 from nequip_moe.benchmarking.untrained import untrained_checkpoints
-
-
-@dataclasses.dataclass
-class BenchOptions:
-    """What to benchmark and how.
-
-    Args:
-        structure: extxyz file of the structures to time (each frame is one size)
-        supercells: in-plane repeats ``(k, k, 1)`` of every frame, each one more size
-        config: MoE training config whose untrained models are benchmarked (unless ``model_files``)
-        model_files: ``{moe, big, small}`` -> compiled file, package or checkpoint
-        hf_expert: the MoE's high-fidelity expert (default: its first expert)
-        model_dtype: overrides the config's ``model_dtype``
-        fractions: target high-fidelity fractions (highest atoms first)
-        repeats: timed calls per model and structure (median reported)
-        warmup: untimed calls before timing
-        device: ``cpu`` or ``cuda``
-        eager: time eager models instead of AOTInductor-compiled ones
-        memory: measure peak memory at the largest size
-        memory_fraction: high-fidelity fraction of the memory and training measurements
-        training: time training steps (needs checkpoints: a config or ``.ckpt`` model files)
-        train_frames: frames in the training batch (copies of the smallest structure, rattled)
-        preset: named expert sizes (``PRESETS``) timed beside the sweep, built from ``config``
-        preset_dtypes: ``model_dtype`` s of the preset rows
-        preset_fractions: target high-fidelity fractions of the preset rows
-        preset_max_atoms: the preset rows use the largest structure up to this size (default: the largest)
-        out_dir: where checkpoints and compiled models go
-    """
-
-    structure: Optional[str] = None
-    supercells: Sequence[int] = (1,)
-    config: Optional[str] = None
-    model_files: Optional[Dict[str, str]] = None
-    hf_expert: Optional[str] = None
-    model_dtype: Optional[str] = None
-    fractions: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0)
-    repeats: int = 5
-    warmup: int = 1
-    device: str = "cpu"
-    eager: bool = False
-    memory: bool = True
-    memory_fraction: float = 0.25
-    training: bool = True
-    train_frames: int = 4
-    preset: Optional[str] = None
-    preset_dtypes: Sequence[str] = ("float64", "float32")
-    preset_fractions: Sequence[float] = (0.1, 0.25, 0.5)
-    preset_max_atoms: Optional[int] = None
-    out_dir: str = "nequip_moe_bench"
 
 
 def read_structures(path, supercells: Sequence[int] = (1,)) -> List[ase.Atoms]:

@@ -1,15 +1,27 @@
 """``nequip-moe``: command-line tools for Mixture-of-Experts potentials.
 
 Each subcommand lives in its own module of ``nequip_moe.scripts`` that provides
-``add_parser(subparsers)``; the parser's ``func`` default runs it.
+``add_parser(subparsers)``; the parser's ``func`` default runs it. The modules import heavy
+code (torch, nequip, ase's readers) only inside the function that runs the command, so
+``nequip-moe --help`` and every subcommand's ``--help`` start in well under a second.
 """
 
 import argparse
+import importlib
 import sys
 
-from . import assign, bench, check_lammps, deploy, types
+# subcommand modules of `nequip_moe.scripts`, in the order `--help` lists them
+SUBCOMMANDS = ("types", "assign", "deploy", "check_lammps", "validate", "bench")
 
-_SUBCOMMANDS = [types, assign, deploy, check_lammps, bench]
+
+def _subcommand_modules():
+    for name in SUBCOMMANDS:
+        try:
+            yield importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:
+            # a subcommand whose module is absent is not offered
+            if e.name != f"{__package__}.{name}":
+                raise
 
 
 def main(args=None) -> int:
@@ -18,7 +30,7 @@ def main(args=None) -> int:
         description="Tools for multi-fidelity Mixture-of-Experts nequip potentials.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in _SUBCOMMANDS:
+    for module in _subcommand_modules():
         module.add_parser(subparsers)
     parsed = parser.parse_args(args)
     try:
