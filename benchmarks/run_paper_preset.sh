@@ -10,8 +10,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT_DIR:-benchmarks/out_paper}"
 PYTHON="${PYTHON:-python}"
 mkdir -p "$OUT_DIR"
-"$PYTHON" examples/pt_co/structures.py bench-slabs "$OUT_DIR/slabs.xyz" --sizes "${PRESET_SIZE:-16}"
 "$PYTHON" -m nequip_moe.scripts.cli bench --config configs/pt_co_moe.yaml \
-    --structure "$OUT_DIR/slabs.xyz" --out-dir "$OUT_DIR" --preset paper \
+    --slabs "${PRESET_SIZE:-16}" --out-dir "$OUT_DIR" --preset paper \
     --fractions 0.1 0.25 0.5 --repeats 3 --no-memory --no-training "$@" \
     | tee "$OUT_DIR/summary.txt"

@@ -30,7 +30,8 @@ class BenchOptions:
     Args:
         structure: extxyz file of the structures to time (each frame is one size)
         supercells: in-plane repeats ``(k, k, 1)`` of every frame, each one more size
-        config: MoE training config whose untrained models are benchmarked (unless ``model_files``; default ``DEFAULT_CONFIG``)
+        config: MoE training config whose untrained models are benchmarked (unless
+            ``model_files``; default ``DEFAULT_CONFIG``)
         model_files: ``{moe, big, small}`` -> compiled file, package or checkpoint
         hf_expert: the MoE's high-fidelity expert (default: its first expert)
         model_dtype: overrides the config's ``model_dtype``
@@ -47,6 +48,9 @@ class BenchOptions:
         preset_dtypes: ``model_dtype`` s of the preset rows
         preset_fractions: target high-fidelity fractions of the preset rows
         preset_max_atoms: the preset rows use the largest structure up to this size (default: the largest)
+        fit_slabs: bench slab sizes (``structures.BenchSlab``) on which to find the largest
+            system the MoE and the big expert evaluate on the device (``capacity``; default
+            ``None``: not searched)
         out_dir: where checkpoints and compiled models go
     """
 
@@ -69,4 +73,5 @@ class BenchOptions:
     preset_dtypes: Sequence[str] = ("float64", "float32")
     preset_fractions: Sequence[float] = (0.1, 0.25, 0.5)
     preset_max_atoms: Optional[int] = None
+    fit_slabs: Optional[Sequence[int]] = None
     out_dir: str = "nequip_moe_bench"

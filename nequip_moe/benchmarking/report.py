@@ -31,12 +31,20 @@ def format_weights(weights: Dict[str, float]) -> str:
 def summary(results: Dict, mode: str) -> str:
     """Machine line, speed table, scaling exponents, cost weights, memory, training, presets."""
     machine = results["machine"]
+    dtypes = sorted({str(d) for d in (results.get("model_dtype") or {}).values()})
     lines = [
         f"{machine['date']}  {machine['device_name']} ({machine['device']}), "
         f"{machine['torch_threads']} threads, torch {machine['versions']['torch']}, {mode}, "
+        f"{'/'.join(dtypes) or 'model dtype unknown'}, "
         f"load average {machine['load_average']} -> {machine.get('load_average_end')}",
         format_table(results["rows"]),
     ]
+    largest = [r for r in results["rows"] if r["n_atoms"] == results["rows"][-1]["n_atoms"]]
+    lines.append(
+        f"atoms/s at N={largest[0]['n_atoms']}: big {largest[0]['atoms_per_s']['big']:.4g}, "
+        f"small {largest[0]['atoms_per_s']['small']:.4g}, "
+        + ", ".join(f"moe f={r['hf_fraction']:.2f} {r['atoms_per_s']['moe']:.4g}" for r in largest)
+    )
     exponents = [
         f"{label} {entry['exponent']:.2f}"
         for label, entry in results["scaling"].items()
@@ -53,6 +61,20 @@ def summary(results: Dict, mode: str) -> str:
         lines.append(
             f"peak memory at N={memory['n_atoms']}: {per_model} "
             f"(moe / big {memory['moe_over_big']:.2f})"
+        )
+    capacity = results.get("capacity")
+    if capacity is not None:
+        lines.append(
+            f"largest system on {machine['device']} (tried N = {capacity['n_atoms_tried']}): "
+            + ", ".join(
+                f"{name} {capacity[name]['largest_fit_atoms']} atoms "
+                + (
+                    f"(out of memory at {capacity[name]['out_of_memory_atoms']})"
+                    if capacity[name]["out_of_memory_atoms"]
+                    else "(all sizes tried fit)"
+                )
+                for name in ("moe", "big")
+            )
         )
     training = results["training"]
     if training is not None and "skipped" in training:

@@ -15,10 +15,12 @@ import torch
 import ase
 from ase.io import read
 
+from nequip_moe.benchmarking.capacity import capacity_section
 from nequip_moe.benchmarking.memory import memory_section
 from nequip_moe.benchmarking.models import BenchModel, compile_model, load_bench_model
 from nequip_moe.benchmarking.options import MODEL_NAMES, BenchOptions
 from nequip_moe.benchmarking.speed import cost_weights, scaling_from_rows, speed_rows
+from nequip_moe.benchmarking.structures import bench_slabs
 from nequip_moe.benchmarking.training import training_section
 from nequip_moe.benchmarking.untrained import untrained_checkpoints
 
@@ -192,6 +194,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     files = model_files(options, structures[0])
     models = prepare_models(files, options.eager, out_dir, device, options.hf_expert, log)
     rows = sweep(models, structures, options.fractions, options, device, log)
+    results["model_dtype"] = {name: models[name].metadata.get("model_dtype") for name in models}
     results["rows"] = rows
     results["scaling"] = scaling_from_rows(rows)
     results["cost_weights"] = cost_weights(rows, models["moe"].experts)
@@ -200,6 +203,13 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     if options.memory:
         log(f"peak memory at {len(structures[-1])} atoms (one subprocess per model)")
         results["memory"] = memory_section(models, structures[-1], options.memory_fraction, device)
+
+    results["capacity"] = None
+    if options.fit_slabs:
+        log(f"largest system on {device}: slabs of sizes {list(options.fit_slabs)}")
+        results["capacity"] = capacity_section(
+            models, bench_slabs(options.fit_slabs), options.memory_fraction, device, log
+        )
 
     results["training"] = None
     if options.training:

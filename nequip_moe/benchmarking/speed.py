@@ -141,6 +141,11 @@ def speed_rows(
                 "ideal_speedup_edges": ideal_edges,
                 "efficiency_edges": figures["speedup"] / ideal_edges,
                 "times_s": {"moe": times[key], "big": times["big"], "small": times["small"]},
+                "atoms_per_s": {
+                    "moe": len(atoms) / median[key],
+                    "big": len(atoms) / median["big"],
+                    "small": len(atoms) / median["small"],
+                },
             }
         )
     return rows

@@ -96,6 +96,17 @@ def add_parser(subparsers):
         help="tiny run, overriding the sweep: " + ", ".join(f"{k} {v}" for k, v in _QUICK.items()),
     )
 
+    run_capacity = parser.add_argument_group("largest system")
+    run_capacity.add_argument(
+        "--fit-slabs",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="find the largest system the MoE (at --memory-fraction) and the big expert alone "
+        "evaluate on the device: default slabs of these sizes, smallest first, until one runs "
+        "out of device memory (default: not searched)",
+    )
+
     preset = parser.add_argument_group("named expert sizes, timed beside the sweep")
     preset.add_argument(
         "--preset",
