@@ -191,6 +191,44 @@ def test_missing_structure_file_is_named(tmp_path, capsys):
     assert "none.xyz` does not exist" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- preset within a memory budget
+
+
+def test_over_budget_models_are_extrapolated(tmp_path):
+    """With 1 kB per big-expert edge and a budget between the 74- and 130-atom slabs' all-big
+    needs, all-big is timed on the 34- and 74-atom slabs and extrapolated to 130 atoms with
+    the exponent measured between them; the MoE and the small expert are timed on 130 atoms."""
+    import torch
+
+    from nequip_moe.benchmarking.models import prepare_models
+    from nequip_moe.benchmarking.options import BenchOptions
+    from nequip_moe.benchmarking.preset import budget_rows
+    from nequip_moe.benchmarking.structures import bench_slabs
+    from nequip_moe.benchmarking.untrained import untrained_checkpoints
+
+    slabs = bench_slabs([2, 3, 4])
+    device = torch.device("cpu")
+    files = untrained_checkpoints(TINY_CONFIG, slabs[0], tmp_path)
+    models = prepare_models(files, True, tmp_path, device, None, log=lambda msg: None)
+    edges = [len(neighbor_list("i", a, R_MAX["big"])) for a in slabs]
+    per_edge = (1000.0, 1.0)
+    budget = 1000.0 * (edges[1] + edges[2]) / 2
+    options = BenchOptions(repeats=1, warmup=0)
+    (row,) = budget_rows(models, slabs, [0.25], per_edge, budget, options, device, lambda m: None)
+    assert row["n_atoms"] == 130 and row["predicted_call_bytes"]["big"] == 1000.0 * edges[2]
+    assert set(row["extrapolated"]) == {"big"} and row["times_s"]["big"] is None
+    big = row["extrapolated"]["big"]
+    assert big["from_atoms"] == [34, 74]
+    exponent = np.log(big["times_s"][1] / big["times_s"][0]) / np.log(74 / 34)
+    assert big["exponent"] == pytest.approx(exponent)
+    assert row["t_big_s"] == pytest.approx(big["times_s"][1] * (130 / 74) ** exponent)
+    assert row["t_moe_s"] == row["times_s"]["moe"][0] and row["t_small_s"] == row["times_s"]["small"][0]
+    assert row["cost_ratio"] == pytest.approx(row["t_small_s"] / row["t_big_s"])
+    # no two smaller structures fit: the error says what to do
+    with pytest.raises(ValueError, match=r"add smaller sizes \(e.g. --slabs"):
+        budget_rows(models, slabs, [0.25], per_edge, 1000.0 * edges[0] / 2, options, device, print)
+
+
 # ---------------------------------------------------------------- the GPU script, dry run
 
 

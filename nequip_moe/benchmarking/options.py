@@ -48,6 +48,8 @@ class BenchOptions:
         preset_dtypes: ``model_dtype`` s of the preset rows
         preset_fractions: target high-fidelity fractions of the preset rows
         preset_max_atoms: the preset rows use the largest structure up to this size (default: the largest)
+        preset_memory_gib: memory budget of one preset model call; a model predicted to need
+            more is timed on smaller structures and extrapolated (``preset``)
         fit_slabs: bench slab sizes (``structures.BenchSlab``) on which to find the largest
             system the MoE and the big expert evaluate on the device (``capacity``; default
             ``None``: not searched)
@@ -73,5 +75,6 @@ class BenchOptions:
     preset_dtypes: Sequence[str] = ("float64", "float32")
     preset_fractions: Sequence[float] = (0.1, 0.25, 0.5)
     preset_max_atoms: Optional[int] = None
+    preset_memory_gib: float = 16.0
     fit_slabs: Optional[Sequence[int]] = None
     out_dir: str = "nequip_moe_bench"

@@ -94,8 +94,32 @@ def summary(results: Dict, mode: str) -> str:
                 lines += [
                     f"preset {preset}, {dtype} (cost weights {format_weights(entry['cost_weights'])}):",
                     format_table(entry["rows"]),
+                    *preset_memory_lines(entry, section["memory_budget_bytes"]),
                 ]
     return "\n".join(lines)
+
+
+def preset_memory_lines(entry: Dict, budget_bytes: float) -> List[str]:
+    """Memory per edge, each model's predicted peak on the target, and which times were
+    extrapolated from smaller structures."""
+    probe, gib = entry["memory_probe"], 2**30
+    lines = [
+        f"  memory per edge (measured at N={probe['n_atoms']}): "
+        + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in probe["bytes_per_edge"].items())
+        + "; measured call memory there: "
+        + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in probe["call_bytes"].items())
+    ]
+    for row in entry["rows"]:
+        predicted = ", ".join(f"{k} {v / gib:.1f}" for k, v in row["predicted_call_bytes"].items())
+        lines.append(
+            f"  N={row['n_atoms']} f={row['hf_fraction']:.2f}: predicted peak GiB {predicted} "
+            f"(budget {budget_bytes / gib:g})"
+            + "".join(
+                f"; {k} extrapolated from N={e['from_atoms']} (t ~ N^{e['exponent']:.2f})"
+                for k, e in row["extrapolated"].items()
+            )
+        )
+    return lines
 
 
 def plot_results(results: Dict, out_dir) -> List[str]:

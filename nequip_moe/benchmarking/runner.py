@@ -7,7 +7,7 @@ import os
 import pathlib
 import platform
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ from ase.io import read
 
 from nequip_moe.benchmarking.capacity import capacity_section
 from nequip_moe.benchmarking.memory import memory_section
-from nequip_moe.benchmarking.models import BenchModel, compile_model, load_bench_model
+from nequip_moe.benchmarking.models import BenchModel, load_bench_model, prepare_models
 from nequip_moe.benchmarking.options import MODEL_NAMES, BenchOptions
+from nequip_moe.benchmarking.preset import preset_section
 from nequip_moe.benchmarking.speed import cost_weights, scaling_from_rows, speed_rows
 from nequip_moe.benchmarking.structures import bench_slabs
 from nequip_moe.benchmarking.training import training_section
@@ -85,29 +86,6 @@ def machine_info(device: torch.device) -> Dict:
     }
 
 
-def prepare_models(
-    files: Dict[str, str],
-    eager: bool,
-    out_dir,
-    device: torch.device,
-    hf_expert: Optional[str],
-    log: Callable[[str], None],
-) -> Dict[str, BenchModel]:
-    """The timed models: compiled files as they are; checkpoints and packages compiled once
-    each with ``nequip-compile`` into ``out_dir``, unless ``eager``."""
-    models = {}
-    for name in MODEL_NAMES:
-        path = files[name]
-        if not eager and not str(path).endswith(".nequip.pt2"):
-            out = pathlib.Path(out_dir) / f"{name}.nequip.pt2"
-            log(f"nequip-compile {name} (AOTInductor, {device}) -> {out}")
-            start = time.perf_counter()
-            path = compile_model(path, out, device)
-            log(f"  compiled {name} in {time.perf_counter() - start:.0f} s")
-        models[name] = load_bench_model(name, path, device, hf_expert)
-    return models
-
-
 def sweep(
     models: Dict[str, BenchModel],
     structures: Sequence[ase.Atoms],
@@ -137,34 +115,6 @@ def model_files(options: BenchOptions, example: ase.Atoms) -> Dict[str, str]:
     return untrained_checkpoints(
         options.config, example, options.out_dir, options.model_dtype, options.hf_expert
     )
-
-
-def preset_section(
-    options: BenchOptions, structures: List[ase.Atoms], device, log
-) -> Dict:
-    """Speed rows and cost weights of the preset experts, for each ``preset_dtypes``."""
-    fits = [a for a in structures if options.preset_max_atoms is None
-            or len(a) <= options.preset_max_atoms]
-    if not fits:
-        raise ValueError(f"no structure has at most --preset-max-atoms {options.preset_max_atoms} atoms")
-    atoms = fits[-1]
-    section = {"n_atoms": len(atoms)}
-    for dtype in options.preset_dtypes:
-        out_dir = pathlib.Path(options.out_dir) / f"preset_{options.preset}_{dtype}"
-        log(f"preset {options.preset} {dtype}: {len(atoms)} atoms")
-        files = untrained_checkpoints(
-            options.config, structures[0], out_dir, dtype, options.hf_expert, options.preset
-        )
-        start = time.perf_counter()
-        models = prepare_models(files, options.eager, out_dir, device, options.hf_expert, log)
-        prepare_s = time.perf_counter() - start
-        rows = sweep(models, [atoms], options.preset_fractions, options, device, log)
-        section[dtype] = {
-            "rows": rows,
-            "cost_weights": cost_weights(rows, models["moe"].experts),
-            "prepare_s": prepare_s,
-        }
-    return section
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> Dict:

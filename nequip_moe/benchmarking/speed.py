@@ -82,7 +82,7 @@ def speed_figures(t_moe: float, t_big: float, t_small: float, hf_fraction: float
     }
 
 
-def _centre_fraction(data: AtomicDataDict.Type, atoms: np.ndarray) -> float:
+def centre_fraction(data: AtomicDataDict.Type, atoms: np.ndarray) -> float:
     """Fraction of the edges of ``data`` centred on the masked ``atoms``."""
     centres = data[AtomicDataDict.EDGE_INDEX_KEY][0].cpu().numpy()
     return float(atoms[centres].mean())
@@ -118,8 +118,8 @@ def speed_rows(
         hf_fraction = float(mask.mean())
         figures = speed_figures(median[key], median["big"], median["small"], hf_fraction)
         # the cost model per edge: each expert's share of the edges it evaluates alone
-        hf_edges = _centre_fraction(inputs["big"], mask)
-        lf_edges = _centre_fraction(inputs["small"], ~mask)
+        hf_edges = centre_fraction(inputs["big"], mask)
+        lf_edges = centre_fraction(inputs["small"], ~mask)
         ideal_edges = 1.0 / (hf_edges + lf_edges * figures["cost_ratio"])
         rows.append(
             {

@@ -129,6 +129,15 @@ def add_parser(subparsers):
         help="high-fidelity fractions of the preset rows (default: %(default)s)",
     )
     preset.add_argument(
+        "--preset-memory-gib",
+        type=float,
+        default=16.0,
+        help="memory budget of one preset model call: a model whose peak, predicted from its "
+        "memory per edge measured on the smallest structure, exceeds it is timed on the two "
+        "largest smaller structures that fit and its time extrapolated with the scaling "
+        "exponent measured between them, marked `extrapolated` (default: %(default)s)",
+    )
+    preset.add_argument(
         "--preset-max-atoms",
         type=int,
         help="time the preset on the largest structure up to this size (default: the largest)",
