@@ -11,15 +11,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-from ._keys import (
-    EXPERT_KEY,
-    ATOM_EXPERT_KEY,
-    SHARED_KEY,
-    GATE_KEY,
-    EXPERT_ATOMIC_ENERGY_KEY,
-    EXPERT_FORCES_KEY,
-    EXPERT_TOTAL_ENERGY_KEY,
-)
+from . import _keys as keys
 from ._version import __version__  # noqa: F401
 
 
@@ -29,15 +21,15 @@ def register_fields():
 
     register(
         node_fields=[
-            EXPERT_KEY,
-            ATOM_EXPERT_KEY,
-            SHARED_KEY,
-            GATE_KEY,
-            EXPERT_ATOMIC_ENERGY_KEY,
-            EXPERT_FORCES_KEY,
+            keys.EXPERT_KEY,
+            keys.ATOM_EXPERT_KEY,
+            keys.SHARED_KEY,
+            keys.GATE_KEY,
+            keys.EXPERT_ATOMIC_ENERGY_KEY,
+            keys.EXPERT_FORCES_KEY,
         ],
-        graph_fields=[EXPERT_TOTAL_ENERGY_KEY],
-        long_fields=[EXPERT_KEY, ATOM_EXPERT_KEY, SHARED_KEY],
+        graph_fields=[keys.EXPERT_TOTAL_ENERGY_KEY],
+        long_fields=[keys.EXPERT_KEY, keys.ATOM_EXPERT_KEY, keys.SHARED_KEY],
     )
 
 

@@ -29,10 +29,10 @@ from nequip_moe.benchmarking.speed import (
     centre_fraction,
     cost_weights,
     fit_exponent,
-    high_fidelity_mask,
-    speed_figures,
+    speed_row,
     time_call,
     time_interleaved,
+    timed_inputs,
 )
 
 GIB = 2**30
@@ -43,26 +43,20 @@ def _num_edges(data: AtomicDataDict.Type) -> int:
 
 
 class TimedInputs:
-    """Inputs of every timed model on one structure (``big``, ``small``, ``moe@f``), their
-    edges split by the expert that evaluates them, and their predicted peak memory."""
+    """Inputs of every timed model on one structure (``speed.timed_inputs``), their edges
+    split by the expert that evaluates them, and their predicted peak memory."""
 
     def __init__(self, models: Dict[str, BenchModel], atoms: ase.Atoms, fractions, device):
         self.atoms = atoms
-        forced = models["moe"].forced_high_fidelity(atoms)
-        self.masks = {f: high_fidelity_mask(atoms, f, forced) for f in fractions}
-        self.data = {
-            "big": models["big"].inputs(atoms, forced, device),
-            "small": models["small"].inputs(atoms, forced, device),
-        }
+        self.masks, self.data = timed_inputs(models, atoms, fractions, device)
         # (edges of the big expert, edges of the small expert) of each model's call
         self.edges = {
             "big": (_num_edges(self.data["big"]), 0),
             "small": (0, _num_edges(self.data["small"])),
         }
         for f, mask in self.masks.items():
-            data = models["moe"].inputs(atoms, mask, device)
+            data = self.data[f"moe@{f}"]
             hf = centre_fraction(data, mask)
-            self.data[f"moe@{f}"] = data
             self.edges[f"moe@{f}"] = (hf * _num_edges(data), (1.0 - hf) * _num_edges(data))
 
     def predicted_bytes(self, key: str, bytes_per_edge: Tuple[float, float]) -> float:
@@ -144,36 +138,13 @@ def budget_rows(
         )
     rows = []
     for f, mask in target.masks.items():
-        key = f"moe@{f}"
-        figures = speed_figures(median[key], median["big"], median["small"], float(mask.mean()))
-        hf_edges = centre_fraction(target.data["big"], mask)
-        lf_edges = centre_fraction(target.data["small"], ~mask)
-        ideal_edges = 1.0 / (hf_edges + lf_edges * figures["cost_ratio"])
+        keys = (("moe", f"moe@{f}"), ("big", "big"), ("small", "small"))
         rows.append(
             {
-                "n_atoms": len(target.atoms),
-                "target_fraction": f,
-                "hf_fraction": float(mask.mean()),
-                "n_hf_atoms": int(mask.sum()),
-                "t_moe_s": median[key],
-                "t_big_s": median["big"],
-                "t_small_s": median["small"],
-                **figures,
-                "hf_edge_fraction": hf_edges,
-                "lf_edge_fraction": lf_edges,
-                "ideal_speedup_edges": ideal_edges,
-                "efficiency_edges": figures["speedup"] / ideal_edges,
-                "times_s": {
-                    name: times.get(k) for name, k in (("moe", key), ("big", "big"), ("small", "small"))
-                },
-                "predicted_call_bytes": {
-                    name: predicted[k] for name, k in (("moe", key), ("big", "big"), ("small", "small"))
-                },
-                "extrapolated": {
-                    name: extrapolated[k]
-                    for name, k in (("moe", key), ("big", "big"), ("small", "small"))
-                    if k in extrapolated
-                },
+                **speed_row(target.atoms, f, mask, target.data, median),
+                "times_s": {name: times.get(k) for name, k in keys},
+                "predicted_call_bytes": {name: predicted[k] for name, k in keys},
+                "extrapolated": {name: extrapolated[k] for name, k in keys if k in extrapolated},
             }
         )
     return rows
