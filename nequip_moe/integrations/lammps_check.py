@@ -4,9 +4,10 @@
 ``pair_coeff * * MODEL NAME1 NAME2 ...``; any name the model knows is accepted, so swapped
 experts (``C O Pt_small Pt``) or element names only (``C O Pt Pt``) run silently with wrong
 energies, and several LAMMPS types on one model type leave pair_allegro's per-edge-type cutoffs
-of the extra types unset (refused, ``lammps_input.one_to_one_problem``). ``check_lammps_input`` verifies the names against the model's composite-type table,
-the data file's ``Atom Type Labels`` (written by ``nequip-moe assign``) and its masses, and the
-pair style against the model's compile target and its experts' locality.
+of the extra types unset (refused, ``lammps_input.one_to_one_problem``). ``check_lammps_input``
+verifies the names against the model's composite-type table, the data file's ``Atom Type
+Labels`` (written by ``nequip-moe assign``) and its masses, and the pair style against the
+model's compile target and its experts' locality.
 
 Gated MoEs (metadata ``moe_gate_model``) have plain element type names (``pair_coeff * * MODEL
 C O Pt``): the names must be the model's elements, and the data file's types are tied to them
