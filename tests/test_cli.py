@@ -42,3 +42,14 @@ def test_fields_registered_whichever_is_imported_first(first):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_help_lists_the_subcommands(capsys):
+    from nequip_moe.scripts.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("types", "assign", "deploy", "check-lammps", "bench"):
+        assert name in out
