@@ -191,6 +191,25 @@ def test_missing_structure_file_is_named(tmp_path, capsys):
     assert "none.xyz` does not exist" in capsys.readouterr().err
 
 
+def test_cpu_clock_leaves_out_waiting():
+    """A call that waits 0.2 s without computing: wall time counts the wait, CPU time not (the
+    time other jobs on a shared machine take from a timed call)."""
+    import time
+
+    import torch
+
+    from nequip_moe.benchmarking.speed import time_call
+
+    class Waits(torch.nn.Module):
+        def forward(self, data):
+            time.sleep(0.2)
+            return {"forces": data["pos"]}
+
+    data, cpu = {"pos": torch.zeros(2, 3)}, torch.device("cpu")
+    assert time_call(Waits(), data, cpu, "wall") >= 0.2
+    assert time_call(Waits(), data, cpu, "cpu") < 0.05
+
+
 # ---------------------------------------------------------------- preset within a memory budget
 
 

@@ -39,6 +39,8 @@ class BenchOptions:
         repeats: timed calls per model and structure (median reported)
         warmup: untimed calls before timing
         device: ``cpu`` or ``cuda``
+        clock: ``wall`` (default) or ``cpu``: the process's CPU time per call (CPU runs; with
+            one torch thread the call's own work, unaffected by other jobs on a shared machine)
         eager: time eager models instead of AOTInductor-compiled ones
         memory: measure peak memory at the largest size
         memory_fraction: high-fidelity fraction of the memory and training measurements
@@ -66,6 +68,7 @@ class BenchOptions:
     repeats: int = 5
     warmup: int = 1
     device: str = "cpu"
+    clock: str = "wall"
     eager: bool = False
     memory: bool = True
     memory_fraction: float = 0.25

@@ -87,7 +87,11 @@ def probe_memory(
 
 def _time_keys(models, inputs: TimedInputs, keys: Sequence[str], options, device):
     calls = {
-        key: (lambda m=models[key.split("@")[0]].model, d=inputs.data[key]: time_call(m, d, device))
+        key: (
+            lambda m=models[key.split("@")[0]].model, d=inputs.data[key]: time_call(
+                m, d, device, options.clock
+            )
+        )
         for key in keys
     }
     return time_interleaved(calls, options.repeats, options.warmup)

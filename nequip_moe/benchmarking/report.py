@@ -35,6 +35,7 @@ def summary(results: Dict, mode: str) -> str:
     lines = [
         f"{machine['date']}  {machine['device_name']} ({machine['device']}), "
         f"{machine['torch_threads']} threads, torch {machine['versions']['torch']}, {mode}, "
+        f"{results['options'].get('clock', 'wall')} clock, "
         f"{'/'.join(dtypes) or 'model dtype unknown'}, "
         f"load average {machine['load_average']} -> {machine.get('load_average_end')}",
         format_table(results["rows"]),

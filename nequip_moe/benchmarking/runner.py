@@ -98,7 +98,9 @@ def sweep(
     rows = []
     for atoms in structures:
         start = time.perf_counter()
-        new = speed_rows(models, atoms, fractions, options.repeats, options.warmup, device)
+        new = speed_rows(
+            models, atoms, fractions, options.repeats, options.warmup, device, options.clock
+        )
         rows.extend(new)
         moe_times = ", ".join(f"moe f={r['hf_fraction']:.2f} {r['t_moe_s']:.3g} s" for r in new)
         log(
@@ -129,6 +131,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available")
+    if options.clock == "cpu" and device.type != "cpu":
+        raise ValueError("--clock cpu times CPU runs only: use --clock wall on a GPU")
     if options.structure is None:
         raise ValueError("no structure: pass an extxyz file (--structure)")
     if options.model_files is None and options.config is None:

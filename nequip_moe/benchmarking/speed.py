@@ -43,13 +43,21 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def time_call(model: torch.nn.Module, data: AtomicDataDict.Type, device) -> float:
-    """Wall time (s) of one model call, forces included."""
+# what a timed call measures: wall time, or the CPU time of this process (CPU runs only: with
+# one torch thread it is the call's own work, unaffected by other jobs sharing the machine)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_call(
+    model: torch.nn.Module, data: AtomicDataDict.Type, device, clock: str = "wall"
+) -> float:
+    """Time (s) of one model call, forces included, by ``CLOCKS[clock]``."""
+    now = CLOCKS[clock]
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     model(dict(data))[AtomicDataDict.FORCE_KEY]
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def time_interleaved(
@@ -149,11 +157,12 @@ def speed_rows(
     repeats: int,
     warmup: int,
     device: torch.device,
+    clock: str = "wall",
 ) -> List[Dict]:
     """Time the MoE at every fraction and both experts alone on one structure; one row per fraction."""
     masks, inputs = timed_inputs(models, atoms, fractions, device)
     calls = {
-        key: (lambda m=models[key.split("@")[0]].model, d=data: time_call(m, d, device))
+        key: (lambda m=models[key.split("@")[0]].model, d=data: time_call(m, d, device, clock))
         for key, data in inputs.items()
     }
     times = time_interleaved(calls, repeats, warmup)

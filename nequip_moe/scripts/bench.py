@@ -146,6 +146,14 @@ def add_parser(subparsers):
     run = parser.add_argument_group("how")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     run.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what a timed call measures: wall time, or this process's CPU time (CPU runs; "
+        "with --threads 1 the call's own work, unaffected by other jobs on a shared machine) "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
         "--threads",
         type=int,
         default=1,
