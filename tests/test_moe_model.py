@@ -330,6 +330,7 @@ def test_transform_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"expert labels \[2\] are out of range"):
         mapper(dict(data))
     gold = from_ase(Atoms("Au", positions=[[0, 0, 0]]))
+    gold["expert"] = torch.zeros(1, dtype=torch.long)
     with pytest.raises(ValueError, match=r"no composite type for \(species, expert\) \(Au, big\)"):
         mapper(gold)
     with pytest.raises(ValueError, match="default_expert `huge` is not one of the experts"):
