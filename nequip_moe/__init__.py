@@ -1,7 +1,7 @@
 """nequip-moe: multi-fidelity Mixture-of-Experts potentials for the NequIP framework.
 
 Imported by nequip at start-up through the ``nequip.extension`` entry point; it registers the
-expert-label and gate fields.
+expert-label, gate and co-training fields.
 """
 
 from nequip.data import register_fields
@@ -14,6 +14,7 @@ from ._keys import (
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
+    EXPERT_EDGE_ENERGY_GRADIENT_KEY,
 )
 from ._version import __version__  # noqa: F401
 
@@ -26,6 +27,7 @@ register_fields(
         EXPERT_ATOMIC_ENERGY_KEY,
         EXPERT_FORCES_KEY,
     ],
+    edge_fields=[EXPERT_EDGE_ENERGY_GRADIENT_KEY],
     graph_fields=[EXPERT_TOTAL_ENERGY_KEY],
     long_fields=[EXPERT_KEY, ATOM_EXPERT_KEY, SHARED_KEY],
 )
