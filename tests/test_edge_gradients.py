@@ -7,10 +7,11 @@ expert ``b`` instead of ``a`` adds the force
 
     dF_i = -sum_{e centred in B} (g_e^b - g_e^a) . d r_e / d r_i.
 
-The tests check the field against finite differences, the frozen expert's cached field against
-its evaluation, that identity for cuts of several geometries, that it vanishes when the edge
-gradients agree, and a control whose experts agree on every whole-frame force and frame energy
-(what the other terms measure) yet have an interface force, which the edge term sees.
+The tests check the field against finite differences, its equivariance, the frozen expert's
+cached field against its evaluation, that identity for cuts of several geometries, that it
+vanishes when the edge gradients agree, a control whose experts agree on every whole-frame force
+and frame energy (what the other terms measure) yet have an interface force, which the edge
+term sees, and that a few training steps with the term lower it.
 """
 
 import copy
@@ -26,7 +27,8 @@ from nequip.nn import scatter
 from nequip_moe.train import EmptySafeMSE, ExpertAgreement
 
 from conftest import CONFIGS, run_tool
-from test_frozen_cache import moe_energy, static_batch
+from test_frozen_cache import gated_batch, moe_energy, static_batch
+from test_gated_moe import GATED_TWO_ALLEGRO
 from test_moe_model import (  # noqa: F401  (float64: module-wide float64 fixture)
     NEQUIP_ALLEGRO,
     TWO_ALLEGRO,
@@ -66,9 +68,9 @@ def shared_slab():
 
 def test_edge_gradients_are_finite_differences_of_per_atom_energies():
     """Each expert's field on an edge centred on a shared atom is the central difference of its
-    centre's energy over that edge vector (no other atom's energy moves: strict locality), zero
-    on edges centred elsewhere; by the chain rule (r_e = r_neighbour - r_centre + shift) it
-    gives the finite differences of the per-atom energies over positions."""
+    centre's energy over that edge vector (no other shared atom's energy moves: strict
+    locality), zero on edges centred elsewhere; by the chain rule (r_e = r_neighbour - r_centre
+    + shift) it gives the finite differences of the per-atom energies over positions."""
     model = build(TWO_ALLEGRO, cotraining_edge_gradients=True)
     _, data, shared = shared_slab()
     field = model(dict(data))[FIELD].detach()
@@ -117,19 +119,33 @@ def test_edge_gradients_are_finite_differences_of_per_atom_energies():
             assert difference.abs().max() > 1e-5
 
 
-def test_batched_field_is_each_frames_and_frozen_cache_serves_it():
+def test_edge_gradients_are_equivariant():
+    """nequip's equivariance check (rotations, translations, atom permutations: an edge field)
+    covers the field through its declared irreps (a 1o vector per expert)."""
+    from nequip.utils.test import assert_AtomicData_equivariant
+
+    model = build(TWO_ALLEGRO, cotraining_edge_gradients=True)
+    assert str(model.irreps_out[FIELD]) == "1x1o"
+    _, data, _ = shared_slab()
+    assert FIELD in assert_AtomicData_equivariant(model, data)
+
+
+@pytest.mark.parametrize("kind", ["static", "gated"])
+def test_batched_field_is_each_frames_and_frozen_cache_serves_it(kind):
     """The field is registered per edge: a frame taken from the batched output is the frame's
     own; a frozen expert served by the per-frame cache gives the field (and the edge term's
-    parameter gradients) of its evaluation, on first sight and on reuse, to 1e-10."""
-    cached = build(TWO_ALLEGRO, frozen_experts=["big"], cotraining_edge_gradients=True)
+    parameter gradients) of its evaluation, on first sight and on reuse, to 1e-10; static
+    regions and a gated MoE (blend-zone atoms shared)."""
+    config, make_batch = {
+        "static": (TWO_ALLEGRO, static_batch),
+        "gated": (GATED_TWO_ALLEGRO, gated_batch),
+    }[kind]
+    cached = build(config, frozen_experts=["big"], cotraining_edge_gradients=True)
     evaluated = build(
-        TWO_ALLEGRO,
-        frozen_experts=["big"],
-        frozen_expert_cache=False,
-        cotraining_edge_gradients=True,
+        config, frozen_experts=["big"], frozen_expert_cache=False, cotraining_edge_gradients=True
     )
     evaluated.load_state_dict(cached.state_dict())
-    batch = static_batch(TWO_ALLEGRO)
+    batch = make_batch(config)
     term = ExpertAgreement("edge_energy_gradient", EXPERTS, reference="big")
     for step in range(2):
         results = []
