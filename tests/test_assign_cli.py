@@ -101,7 +101,9 @@ def test_data_file_round_trip(slab_data_file, slab_and_expert):
 
 
 def test_lammps_round_trip(tmp_path, slab_data_file, slab_and_expert):
-    pytest.importorskip("lammps")
+    from conftest import require_lammps
+
+    require_lammps()
     from nequip_moe.integrations.lammps_runtime import start_lammps
 
     slab, expert = slab_and_expert

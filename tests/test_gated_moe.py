@@ -228,9 +228,13 @@ def test_metadata_and_neighbor_cutoffs():
     assert metadata["type_names"] == "C O Pt"
     assert metadata["moe_gate_model"] == "AdsorbateCoordinationGate"
     assert "moe_type_experts" not in metadata
-    cutoffs = np.array(metadata["per_edge_type_cutoff"].split(), dtype=float).reshape(3, 3)
-    # Pt centres: the big expert's r_max (4.0) to every neighbour; C/O centres too
-    np.testing.assert_array_equal(cutoffs, np.full((3, 3), 4.0))
+    # Pt centres: the big expert's r_max (4.0) to every neighbour; C/O centres too: one cutoff
+    # for every pair, which the metadata's r_max alone says
+    assert "per_edge_type_cutoff" not in metadata and float(metadata["r_max"]) == 4.0
+    np.testing.assert_array_equal(
+        np.array(next(m for m in moe.modules() if hasattr(m, "gate")).neighbor_cutoffs()),
+        np.full((3, 3), 4.0),
+    )
     with pytest.raises(ValueError, match="gated"):
         CompositeTypeTable.from_metadata(metadata)
 
