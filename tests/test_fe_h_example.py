@@ -122,22 +122,37 @@ def test_configs_compose_as_nequip_train_composes_them():
     with initialize_config_dir(str(EXAMPLE), version_base="1.3"):
         moe = compose("fe_h_moe")
         big = compose("fe_h_big", overrides=["energy_shifts={Fe:-8.3,H:-2.1}"])
-        staged = compose("fe_h_staged", overrides=["big_model=/some/big.ckpt"])
+        small = compose("fe_h_small")
+        staged = compose("fe_h_staged", overrides=["big_model=/some/big.ckpt", "small_model=/some/small.ckpt"])
     assert big.training_module.model.type_names == ["H", "Fe"]
     assert OmegaConf.to_container(big.training_module.model.per_type_energy_shifts) == {"Fe": -8.3, "H": -2.1}
     expert = OmegaConf.to_container(moe.big_expert, resolve=False)
     single = OmegaConf.to_container(big.training_module.model, resolve=False)
     assert {k: single[k] for k in expert if k != "per_type_energy_shifts"} == {
         k: v for k, v in expert.items() if k != "per_type_energy_shifts"}
+    # all-small is the MoE's small expert alone on the element types
+    assert small.training_module.model.type_names == ["H", "Fe"]
+    assert small.training_module.model.l_max == moe.small_expert.l_max
     model = staged.training_module.model
-    assert model.experts.big._target_ == "nequip_moe.model.PretrainedExpert"
-    assert model.experts.big.path == "/some/big.ckpt" and list(model.frozen_experts) == ["big"]
+    for name in ("big", "small"):
+        assert model.experts[name]._target_ == "nequip_moe.model.PretrainedExpert"
+        assert model.experts[name].path == f"/some/{name}.ckpt"
+    assert list(model.frozen_experts) == ["big"]  # the small expert trains on
     terms = [m.name for m in staged.training_module.loss.extra_metrics]
     assert terms == ["energy_agreement", "force_agreement", "frame_energy_agreement", "interface_force_agreement"]
 
 
 def test_readme_table_is_the_reference_validation():
     report = json.loads(render.REFERENCE.read_text())
-    assert render.readme_block(render.README.read_text()) == render.table(report)
-    # the README states the run passed, and the reference says so
-    assert report["passed"] and report["complete"]
+    readme = render.README.read_text()
+    assert render.readme_block(readme) == render.table(report)
+    assert report["complete"]
+    # a check whose value or verdict differs from the README's renders another table
+    changed = json.loads(json.dumps(report))
+    changed["checks"][0]["value"] = 2 * (changed["checks"][0]["value"] or 1.0) + 1.0
+    assert render.readme_block(readme) != render.table(changed)
+    # and the README's headline is the reference's verdict
+    headline = "**PASS**" if report["passed"] else "**FAIL**"
+    assert render.readme_block(readme).startswith(headline)
+    # rewriting the block with the reference's table leaves the README unchanged
+    assert render.with_table(readme, render.table(report)) == readme

@@ -3,14 +3,15 @@
 #   1. data:     data.py (bcc Fe with H, labelled by SevenNet) -> frames.xyz, test.xyz, bulk.xyz
 #   2. label:    nequip-moe assign --dataset (the adsorbate_host preset: H and the Fe near it or
 #                at a surface -> big, the rest -> small), for the training pool and the test frames
-#   3. train:    nequip-train fe_h_big (all-big), then fe_h_staged (the MoE: all-big frozen as its
-#                big expert, the small expert co-trained to agree with it); nequip-package both
+#   3. train:    nequip-train fe_h_big (all-big) and fe_h_small (all-small), then fe_h_staged (the
+#                MoE: all-big frozen as its big expert, the small expert starting from all-small
+#                and co-trained to agree with it); nequip-package each
 #   4. validate: nequip-moe validate (split crystals, EOS, disagreement, interface, NVE, speed)
 #   5. deploy:   nequip-moe deploy (compiled pair_allegro model, type table, LAMMPS input)
 # Usage: examples/fe_h/run.sh   (from any folder; the nequip and nequip-moe tools on PATH)
 # Environment: OUT (default examples/fe_h/out), THREADS (torch threads of each command and
 # labelling processes; default: the cores, at most 2), LABELLER (sevenn | morse), BIG_EPOCHS,
-# MOE_EPOCHS, FORCE=1 (rerun steps whose outputs exist), ALLOW_FAIL=1 (deploy even when a
+# SMALL_EPOCHS, MOE_EPOCHS, FORCE=1 (rerun steps whose outputs exist), ALLOW_FAIL=1 (deploy even when a
 # validation check fails). Every step's time and the machine's load go to OUT/timings.txt.
 set -euo pipefail
 
@@ -19,7 +20,8 @@ OUT="$(mkdir -p "${OUT:-$HERE/out}" && cd "${OUT:-$HERE/out}" && pwd)"
 PYTHON="${PYTHON:-python}"
 THREADS="${THREADS:-$(( $(nproc) < 2 ? $(nproc) : 2 ))}"
 LABELLER="${LABELLER:-sevenn}"
-BIG_EPOCHS="${BIG_EPOCHS:-40}"
+BIG_EPOCHS="${BIG_EPOCHS:-80}"
+SMALL_EPOCHS="${SMALL_EPOCHS:-30}"
 MOE_EPOCHS="${MOE_EPOCHS:-20}"
 FORCE="${FORCE:-0}"
 # torch threads: THREADS per command; idle threads sleep instead of spinning (shared cores)
@@ -78,13 +80,16 @@ for set in frames test; do
         --preset adsorbate_host --host Fe --adsorbates H
 done
 
-# 3. all-big, then the staged MoE with all-big as its frozen big expert; the experts' energy
-#    shifts are each element's energy per atom that data.py fitted, e.g. {Fe:-8.31,H:-2.08}
+# 3. all-big and all-small, then the staged MoE: all-big its frozen big expert, its small expert
+#    starting from all-small; the experts' energy shifts are each element's energy per atom
+#    that data.py fitted, e.g. {Fe:-8.31,H:-2.08}
 shifts="$("$PYTHON" -c 'import json, sys
 shifts = json.load(open(sys.argv[1]))["energy_shifts"]
 print("{" + ",".join(f"{e}:{v:.6f}" for e, v in shifts.items()) + "}")' "$DATA/summary.json")"
 train big fe_h_big "$BIG_EPOCHS" "energy_shifts=$shifts"
-train moe fe_h_staged "$MOE_EPOCHS" "energy_shifts=$shifts" "big_model=$OUT/train/big/best.ckpt"
+train small fe_h_small "$SMALL_EPOCHS" "energy_shifts=$shifts"
+train moe fe_h_staged "$MOE_EPOCHS" "energy_shifts=$shifts" "big_model=$OUT/train/big/best.ckpt" \
+    "small_model=$OUT/train/small/best.ckpt"
 
 # 4. validation, run in OUT so that validation.json names its files relative to it
 validate_status=0
