@@ -5,7 +5,8 @@
 #                at a surface -> big, the rest -> small), for the training pool and the test frames
 #   3. train:    nequip-train fe_h_big (all-big) and fe_h_small (all-small), then fe_h_staged (the
 #                MoE: all-big frozen as its big expert, the small expert starting from all-small
-#                and co-trained to agree with it); nequip-package each
+#                and co-trained to agree with it on the training frames whose bulk frames
+#                `nequip-moe distil` relabelled with all-big); nequip-package each
 #   4. validate: nequip-moe validate (split crystals, EOS, disagreement, interface, NVE, speed)
 #   5. deploy:   nequip-moe deploy (compiled pair_allegro model, type table, LAMMPS input)
 # Usage: examples/fe_h/run.sh   (from any folder; the nequip and nequip-moe tools on PATH)
@@ -53,12 +54,13 @@ step() {
     fi
 }
 
-# train NAME CONFIG EPOCHS [OVERRIDES...]: nequip-train a config of this folder, then package it
+# train NAME CONFIG EPOCHS DATA [OVERRIDES...]: nequip-train a config of this folder on DATA,
+# then package it
 train() {
-    local name="$1" config="$2" epochs="$3"
-    shift 3
+    local name="$1" config="$2" epochs="$3" data_file="$4"
+    shift 4
     step "train_$name" "$OUT/train/$name/best.ckpt" \
-        nequip-train -cp "$HERE" -cn "$config" "data_file=$DATA/labelled.xyz" "max_epochs=$epochs" \
+        nequip-train -cp "$HERE" -cn "$config" "data_file=$data_file" "max_epochs=$epochs" \
         "hydra.run.dir=$OUT/train/$name" "$@"
     step "package_$name" "$MODELS/$name.nequip.zip" \
         nequip-package build "$OUT/train/$name/best.ckpt" "$MODELS/$name.nequip.zip"
@@ -86,10 +88,14 @@ done
 shifts="$("$PYTHON" -c 'import json, sys
 shifts = json.load(open(sys.argv[1]))["energy_shifts"]
 print("{" + ",".join(f"{e}:{v:.6f}" for e, v in shifts.items()) + "}")' "$DATA/summary.json")"
-train big fe_h_big "$BIG_EPOCHS" "energy_shifts=$shifts"
-train small fe_h_small "$SMALL_EPOCHS" "energy_shifts=$shifts"
-train moe fe_h_staged "$MOE_EPOCHS" "energy_shifts=$shifts" "big_model=$OUT/train/big/best.ckpt" \
-    "small_model=$OUT/train/small/best.ckpt"
+train big fe_h_big "$BIG_EPOCHS" "$DATA/labelled.xyz" "energy_shifts=$shifts"
+train small fe_h_small "$SMALL_EPOCHS" "$DATA/labelled.xyz" "energy_shifts=$shifts"
+# the bulk frames (every atom small) relabelled by all-big: there the small expert learns the
+# frozen big expert, not the labeller (where the two differ the experts could not agree)
+step distil "$DATA/distilled.xyz" \
+    nequip-moe distil "$DATA/labelled.xyz" --model "$MODELS/big.nequip.zip" --out "$DATA/distilled.xyz"
+train moe fe_h_staged "$MOE_EPOCHS" "$DATA/distilled.xyz" "energy_shifts=$shifts" \
+    "big_model=$OUT/train/big/best.ckpt" "small_model=$OUT/train/small/best.ckpt"
 
 # 4. validation, run in OUT so that validation.json names its files relative to it
 validate_status=0
