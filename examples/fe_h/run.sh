@@ -23,7 +23,7 @@ THREADS="${THREADS:-$(( $(nproc) < 2 ? $(nproc) : 2 ))}"
 LABELLER="${LABELLER:-sevenn}"
 BIG_EPOCHS="${BIG_EPOCHS:-80}"
 SMALL_EPOCHS="${SMALL_EPOCHS:-30}"
-MOE_EPOCHS="${MOE_EPOCHS:-20}"
+MOE_EPOCHS="${MOE_EPOCHS:-40}"
 FORCE="${FORCE:-0}"
 # torch threads: THREADS per command; idle threads sleep instead of spinning (shared cores)
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" OMP_WAIT_POLICY=passive
