@@ -3,6 +3,7 @@ calculator, and SevenNet on one tiny cell), its frames labelled by `nequip-moe a
 --dataset`, its configs as `nequip-train` composes them, and its README's validation table,
 which must be the rendering of the committed reference validation.json. Nothing trains."""
 
+import importlib.util
 import json
 import pathlib
 import sys
@@ -15,9 +16,20 @@ from ase.io import read
 from nequip_moe.scripts import cli
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "fe_h"
-sys.path.insert(0, str(EXAMPLE))
-import data as fe_h_data  # noqa: E402
-import render  # noqa: E402
+
+
+def example_module(name):
+    """``examples/fe_h/<name>.py`` under the name ``fe_h_<name>`` (the Pt+CO example's tests
+    import modules of the same names, ``data`` and ``render``, from their own folder)."""
+    spec = importlib.util.spec_from_file_location(f"fe_h_{name}", EXAMPLE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+fe_h_data = example_module("data")
+render = example_module("render")
 
 A0 = 2.83
 
