@@ -330,3 +330,41 @@ def test_response_beyond_cutoff_vanishes_at_the_model_cutoff(tiny_allegro_calc):
         tiny_allegro_calc, structures.PT_A0, 5.0, strains, repeat=(2, 2, 4))
     assert short["rows"][0]["max_force_mev_per_a"] > 1e-3
     assert full["worst_max_force_mev_per_a"] == 0.0
+
+
+def _split_report(worst: dict) -> dict:
+    """A report whose split crystal gives each model ``worst`` max |F| (meV/A)."""
+    seeds = {"moe": ["moe", "moe_s2", "moe_s3"],
+             "moe_noagree": ["moe_noagree", "moe_noagree_s2", "moe_noagree_s3"]}
+    models = {name: name for members in seeds.values() for name in members}
+    errors = {name: {"forces_mae_mev_per_a": {}, "energy_mae_mev_per_atom": {}}
+              for name in models}
+    split = {"strains": [0.0], "models": {
+        name: {"worst_max_force_mev_per_a": value, "rows": []} for name, value in worst.items()}}
+    return {"models": models, "errors": errors, "split_crystal": split, "seeds": seeds,
+            "without_agreement": {"moe": "moe_noagree"}, "notes": {}}
+
+
+def test_consistency_claims_are_judged_on_the_worst_seed():
+    """One seed over the bound fails the claim, whose value is that seed's and whose detail
+    names every seed; each seed is compared with the same seed of the control."""
+    from claims import family_claims, margin
+
+    bound = THRESHOLDS["split_max_force_mev_per_a"]
+    worst = {"moe": 10.0, "moe_s2": 12.0, "moe_s3": bound + 1.0,
+             "moe_noagree": 100.0, "moe_noagree_s2": 100.0, "moe_noagree_s3": 30.0}
+    claims = {c["key"]: c for c in family_claims(_split_report(worst), _split_report(worst)
+                                                 ["seeds"]["moe"])}
+    split = claims["split_max_force"]
+    assert not split["holds"] and split["value"] == bound + 1.0
+    assert split["seeds"] == {"moe": 10.0, "moe_s2": 12.0, "moe_s3": bound + 1.0}
+    assert all(name in split["detail"] for name in ("moe_s2", "moe_s3"))
+    improvement = claims["split_improvement"]  # seed 3: 30 / 21, the smallest factor
+    assert improvement["value"] == pytest.approx(30.0 / (bound + 1.0))
+    assert not improvement["holds"] and margin(improvement) > 1.0
+    # every seed within the bounds: the claims hold, at the worst seed's value
+    worst.update(moe_s3=15.0, moe_noagree_s3=90.0)
+    claims = {c["key"]: c for c in family_claims(_split_report(worst), ["moe", "moe_s2",
+                                                                         "moe_s3"])}
+    assert claims["split_max_force"]["holds"] and claims["split_max_force"]["value"] == 15.0
+    assert claims["split_improvement"]["value"] == pytest.approx(90.0 / 15.0)
