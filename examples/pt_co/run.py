@@ -415,7 +415,7 @@ def gated_jobs(layout: Layout, pipeline: Pipeline, device: str) -> List[Job]:
     big, small = layout.package(by_name("big")), layout.checkpoint(by_name("small"))
 
     def write(threads_):
-        from adaptive import write_gated_checkpoint
+        from adaptive_models import write_gated_checkpoint
 
         write_gated_checkpoint(checkpoint, big, small, layout.data / "test.xyz")
 
