@@ -1,8 +1,8 @@
 """Where the MoE's time goes: torch.profiler on the eager MoE and on the big expert alone.
 
-Runs forward + forces of the untrained example models (configs/pt_co_moe.yaml) on one
-Pt(111) + CO slab and prints (1) the wall time of each part of ``MixtureOfExpertsEnergy``'s
-forward pass -- routing (``expert_edges``: edge types, cutoff gather, ``nonzero``), each
+Runs forward + forces of the untrained default bench models (``nequip_moe.benchmarking``'s
+``pt_co_moe.yaml``, or ``--config``) on one Pt(111) + CO bench slab and prints (1) the wall
+time of each part of ``MixtureOfExpertsEnergy``'s forward pass -- routing (``expert_edges``: edge types, cutoff gather, ``nonzero``), each
 expert's input gathering and network -- and (2) the top operators by self CPU time, forward and
 backward, for the MoE and for the big expert alone.
 
@@ -10,9 +10,7 @@ backward, for the MoE and for the big expert alone.
 """
 
 import argparse
-import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
@@ -21,13 +19,11 @@ import torch
 from nequip.utils.global_state import set_global_state
 
 from nequip_moe.benchmarking.models import load_bench_model
+from nequip_moe.benchmarking.options import DEFAULT_CONFIG
 from nequip_moe.benchmarking.speed import high_fidelity_mask, time_call
+from nequip_moe.benchmarking.structures import BenchSlab
 from nequip_moe.benchmarking.untrained import untrained_checkpoints
 from nequip_moe.nn import MixtureOfExpertsEnergy
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples" / "pt_co"))
-from structures import BenchSlab  # noqa: E402
 
 
 def timed_parts(parts):
@@ -49,7 +45,7 @@ def timed_parts(parts):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "pt_co_moe.yaml"))
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--size", type=int, default=16, help="slab size (16: about 2,000 atoms)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=0.25)

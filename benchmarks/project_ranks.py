@@ -15,11 +15,11 @@ Cost model (the assumptions):
   ``fix balance ... rcb`` with ``weight``): the longest side of each sub-box is cut at the
   weighted split point, until every rank has one sub-box.
 
-Structures: the example's Pt(111) + CO slab (``examples/pt_co/structures.py``: CO on every 4th
-top site, the adsorbates and the top Pt layer on the big expert, 6 A vacuum each side) scaled
-to ``N`` atoms in three ways: ``thin`` (8 layers, wider), ``island`` (8 layers, CO on one half
-of the surface only: the high-fidelity region on one side) and ``thick`` (as many layers as
-surface atoms along a side, a chunk of metal under one covered surface).
+Structures: the bench's Pt(111) + CO slab (``nequip_moe.benchmarking.structures``: CO on
+every 4th top site, the adsorbates and the top Pt layer on the big expert, 6 A vacuum each
+side) scaled to ``N`` atoms in three ways: ``thin`` (8 layers, wider), ``island`` (8 layers,
+CO on one half of the surface only: the high-fidelity region on one side) and ``thick`` (as
+many layers as surface atoms along a side, a chunk of metal under one covered surface).
 
     python benchmarks/project_ranks.py --weight 90 --plot benchmarks/projection.png
 """

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Default MoE benchmark (about 10-15 minutes on 2 CPU cores): the untrained example
 # architectures of configs/pt_co_moe.yaml, AOTInductor-compiled with nequip-compile, on the
-# example's Pt(111) + CO slabs (examples/pt_co/structures.py, 8 layers, about 300 to 2,100
-# atoms) at high-fidelity fractions 0 to 1, plus cost weights, peak memory and training steps.
+# bench's Pt(111) + CO slabs (`--slabs`: nequip_moe.benchmarking.structures, 8 layers, about
+# 300 to 2,100 atoms) at high-fidelity fractions 0 to 1, plus cost weights, peak memory and
+# training steps.
 # Results (bench.json), plots, checkpoints, compiled models and the terminal summary
 # (summary.txt) go to OUT_DIR (default benchmarks/out). PYTHON is the interpreter with
 # nequip-moe installed (default: python). Extra arguments go to `nequip-moe bench`, e.g.
@@ -13,6 +14,5 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT_DIR:-benchmarks/out}"
 PYTHON="${PYTHON:-python}"
 mkdir -p "$OUT_DIR"
-"$PYTHON" examples/pt_co/structures.py bench-slabs "$OUT_DIR/slabs.xyz" --sizes 6 8 11 16
 "$PYTHON" -m nequip_moe.scripts.cli bench --config configs/pt_co_moe.yaml \
-    --structure "$OUT_DIR/slabs.xyz" --out-dir "$OUT_DIR" "$@" | tee "$OUT_DIR/summary.txt"
+    --slabs 6 8 11 16 --out-dir "$OUT_DIR" "$@" | tee "$OUT_DIR/summary.txt"

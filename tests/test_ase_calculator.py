@@ -20,7 +20,7 @@ from nequip.model.saved_models.load_utils import load_saved_model
 from nequip_moe.integrations.ase import MoECalculator
 from nequip_moe.integrations.model_files import read_composite_table
 
-from structures import label_regions
+from pt_co_frames import label_regions
 
 
 def eager_reference(checkpoint, atoms):

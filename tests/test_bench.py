@@ -3,8 +3,10 @@ times, the structures and the cutoffs; the paper preset's architectures; argumen
 the facts of the many-rank cost model (``benchmarks/project_ranks.py``)."""
 
 import json
+import os
 import pathlib
 import statistics
+import subprocess
 import sys
 
 import numpy as np
@@ -12,9 +14,10 @@ import pytest
 from ase.io import read
 from ase.neighborlist import neighbor_list
 
-from structures import BenchSlab, write_bench_slabs
 
 from nequip_moe.benchmarking import high_fidelity_mask
+from nequip_moe.benchmarking.options import DEFAULT_CONFIG
+from nequip_moe.benchmarking.structures import CO_BOND, CO_TOP_SITE_HEIGHT, BenchSlab
 from nequip_moe.benchmarking.untrained import bench_configs
 from nequip_moe.scripts.cli import main
 
@@ -29,14 +32,15 @@ R_MAX = {"big": 4.5, "small": 4.0}  # the experts' cutoffs in configs/tiny_moe.y
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
+    """A quick eager bench of the tiny config on the default slabs of sizes 2 and 3."""
     out = tmp_path_factory.mktemp("bench")
-    structure = out / "slabs.xyz"
-    write_bench_slabs(structure, sizes=[3, 4], layers=4)
     json_path = out / "results.json"
-    args = ["bench", "--structure", str(structure), "--quick", "--eager",
+    args = ["bench", "--slabs", "2", "3", "--quick", "--eager",
             "--config", str(TINY_CONFIG), "--out-dir", str(out), "--json", str(json_path)]
     assert main(args) == 0
-    return out, read(structure, index=":"), json.loads(json_path.read_text())
+    frames = read(out / "slabs.xyz", index=":")
+    assert [len(a) for a in frames] == [2 * 2 * 8 + 2, 3 * 3 * 8 + 2]
+    return out, frames, json.loads(json_path.read_text())
 
 
 def test_runs_every_size_and_fraction(bench_run):
@@ -139,8 +143,24 @@ def test_high_fidelity_mask_takes_forced_then_highest():
     assert (high_fidelity_mask(atoms, 0.0, forced) == forced).all()
 
 
+def test_bench_slab_geometry():
+    """CO (C down) on every 4th top site, 1.85 A above its Pt, of a 8-layer Pt(111) slab."""
+    slab = BenchSlab(size=8, rattle=0.0).build()
+    is_pt = slab.numbers == 78
+    assert is_pt.sum() == 8 * 8 * 8 and (slab.numbers == 6).sum() == (slab.numbers == 8).sum() == 4
+    carbon, oxygen = np.flatnonzero(slab.numbers == 6), np.flatnonzero(slab.numbers == 8)
+    assert np.allclose(slab.positions[oxygen] - slab.positions[carbon], [0, 0, CO_BOND])
+    top = slab.positions[is_pt, 2].max()
+    assert np.allclose(slab.positions[carbon, 2], top + CO_TOP_SITE_HEIGHT)
+    # each C sits straight above a top-layer Pt
+    distances = slab.get_all_distances(mic=True)[np.ix_(carbon, np.flatnonzero(is_pt))]
+    assert np.allclose(distances.min(axis=1), CO_TOP_SITE_HEIGHT)
+    rattled = BenchSlab(size=8).build()
+    assert 0.01 < np.std(rattled.positions - slab.positions) < 0.03
+
+
 def test_paper_preset_has_the_published_sizes():
-    configs, _ = bench_configs(CONFIGS / "pt_co_moe.yaml", "float32", preset="paper")
+    configs, _ = bench_configs(DEFAULT_CONFIG, "float32", preset="paper")
     expected = {
         "big": {"l_max": 3, "num_layers": 4, "num_scalar_features": 128,
                 "num_tensor_features": 64, "r_max": 7.0},
@@ -169,6 +189,120 @@ def test_missing_structure_file_is_named(tmp_path, capsys):
     assert main(["bench", "--structure", str(tmp_path / "none.xyz"), "--eager",
                  "--config", str(TINY_CONFIG), "--out-dir", str(tmp_path)]) != 0
     assert "none.xyz` does not exist" in capsys.readouterr().err
+
+
+def test_cpu_clock_leaves_out_waiting():
+    """A call that waits 0.2 s without computing: wall time counts the wait, CPU time not (the
+    time other jobs on a shared machine take from a timed call)."""
+    import time
+
+    import torch
+
+    from nequip_moe.benchmarking.speed import time_call
+
+    class Waits(torch.nn.Module):
+        def forward(self, data):
+            time.sleep(0.2)
+            return {"forces": data["pos"]}
+
+    data, cpu = {"pos": torch.zeros(2, 3)}, torch.device("cpu")
+    assert time_call(Waits(), data, cpu, "wall") >= 0.2
+    assert time_call(Waits(), data, cpu, "cpu") < 0.05
+
+
+# ---------------------------------------------------------------- preset within a memory budget
+
+
+def test_over_budget_models_are_extrapolated(tmp_path):
+    """With 1 kB per big-expert edge and a budget between the 74- and 130-atom slabs' all-big
+    needs, all-big is timed on the 34- and 74-atom slabs and extrapolated to 130 atoms with
+    the exponent measured between them; the MoE and the small expert are timed on 130 atoms."""
+    import torch
+
+    from nequip_moe.benchmarking.models import prepare_models
+    from nequip_moe.benchmarking.options import BenchOptions
+    from nequip_moe.benchmarking.preset import budget_rows
+    from nequip_moe.benchmarking.structures import bench_slabs
+    from nequip_moe.benchmarking.untrained import untrained_checkpoints
+
+    slabs = bench_slabs([2, 3, 4])
+    device = torch.device("cpu")
+    files = untrained_checkpoints(TINY_CONFIG, slabs[0], tmp_path)
+    models = prepare_models(files, True, tmp_path, device, None, log=lambda msg: None)
+    edges = [len(neighbor_list("i", a, R_MAX["big"])) for a in slabs]
+    per_edge = (1000.0, 1.0)
+    budget = 1000.0 * (edges[1] + edges[2]) / 2
+    options = BenchOptions(repeats=1, warmup=0)
+    (row,) = budget_rows(models, slabs, [0.25], per_edge, budget, options, device, lambda m: None)
+    assert row["n_atoms"] == 130 and row["predicted_call_bytes"]["big"] == 1000.0 * edges[2]
+    assert set(row["extrapolated"]) == {"big"} and row["times_s"]["big"] is None
+    big = row["extrapolated"]["big"]
+    assert big["from_atoms"] == [34, 74]
+    exponent = np.log(big["times_s"][1] / big["times_s"][0]) / np.log(74 / 34)
+    assert big["exponent"] == pytest.approx(exponent)
+    assert row["t_big_s"] == pytest.approx(big["times_s"][1] * (130 / 74) ** exponent)
+    assert row["t_moe_s"] == row["times_s"]["moe"][0] and row["t_small_s"] == row["times_s"]["small"][0]
+    assert row["cost_ratio"] == pytest.approx(row["t_small_s"] / row["t_big_s"])
+    # no two smaller structures fit: the error says what to do
+    with pytest.raises(ValueError, match=r"add smaller sizes \(e.g. --slabs"):
+        budget_rows(models, slabs, [0.25], per_edge, 1000.0 * edges[0] / 2, options, device, print)
+
+
+# ---------------------------------------------------------------- the GPU script, dry run
+
+
+def test_gpu_script_dry_run(tmp_path):
+    """`benchmarks/run_gpu.sh` with DRY_RUN=1: the GPU run's steps on the CPU (eager, tiny
+    slabs); it records the device, the model dtype, atoms/s and the largest system tried."""
+    env = {**os.environ, "DRY_RUN": "1", "OUT_DIR": str(tmp_path), "PYTHON": sys.executable,
+           "CONFIG": str(TINY_CONFIG)}
+    proc = subprocess.run(
+        [str(REPO / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["machine"]["device"] == "cpu" and results["options"]["eager"]
+    assert results["model_dtype"] == {"moe": "float64", "big": "float64", "small": "float64"}
+    frames = read(tmp_path / "slabs.xyz", index=":")
+    assert sorted({r["n_atoms"] for r in results["rows"]}) == [len(a) for a in frames] == [34, 74]
+    for row in results["rows"]:
+        for name in ("moe", "big", "small"):
+            t = statistics.median(row["times_s"][name])
+            assert row["atoms_per_s"][name] == pytest.approx(row["n_atoms"] / t)
+    capacity = results["capacity"]
+    tried = [2 * 2 * 8 + 2, 3 * 3 * 8 + 2, 4 * 4 * 8 + 2]
+    assert capacity["n_atoms_tried"] == tried
+    for name in ("moe", "big"):
+        # no device limit on a CPU at these sizes: every size tried fits
+        assert capacity[name]["largest_fit_atoms"] == tried[-1]
+        assert capacity[name]["out_of_memory_atoms"] is None
+        assert [c["n_atoms"] for c in capacity[name]["calls"]] == tried
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "float64" in summary and f"atoms/s at N={tried[1]}" in summary
+    assert f"largest system on cpu (tried N = {tried})" in summary
+    assert results["memory"]["n_atoms"] == tried[1]
+
+
+def test_largest_fit_stops_at_the_first_out_of_memory():
+    """A model that runs out of device memory above 50 atoms (as CUDA raises it) fits the
+    34-atom slab, not the 74-atom one; the search stops there."""
+    import torch
+
+    from nequip_moe.benchmarking.capacity import largest_fit
+    from nequip_moe.benchmarking.models import BenchModel
+    from nequip_moe.benchmarking.structures import bench_slabs
+
+    class FitsUpTo50(torch.nn.Module):
+        def forward(self, data):
+            if data["pos"].shape[0] > 50:
+                raise torch.OutOfMemoryError("CUDA out of memory (test)")
+            return {"forces": torch.zeros_like(data["pos"])}
+
+    model = BenchModel("big", FitsUpTo50(), {"r_max": "3.0", "type_names": "C O Pt"}, "big.pt2")
+    slabs = bench_slabs([4, 2, 3])
+    result = largest_fit(model, slabs, 0.25, torch.device("cpu"), log=lambda msg: None)
+    assert result["largest_fit_atoms"] == 34 and result["out_of_memory_atoms"] == 74
+    assert [c["n_atoms"] for c in result["calls"]] == [34]
 
 
 # ---------------------------------------------------------------- projection to many ranks

@@ -75,11 +75,12 @@ def test_mapper_uses_the_table():
     data["expert"] = torch.as_tensor(labels).view(-1, 1)
     mapper = CompositeTypeMapper.from_table(TABLE)
     assert mapper(data)["atom_types"].tolist() == TABLE.type_index(atoms.numbers, labels).tolist()
-    # unlabelled frames: the table's default (first) expert, or the one named
-    assert mapper(from_ase(atoms))["atom_types"].tolist() == [2, 2, 0, 1]
+    # unlabelled frames take an expert only where one is named
     only_pt = from_ase(Atoms("Pt2", positions=[[0, 0, 0], [2.8, 0, 0]]))
     small = CompositeTypeMapper.from_table(TABLE, default_expert="small")
     assert small(only_pt)["atom_types"].tolist() == [3, 3]
+    big = CompositeTypeMapper.from_table(TABLE, default_expert=0)
+    assert big(from_ase(atoms))["atom_types"].tolist() == [2, 2, 0, 1]
     # errors come from the table
     bad = from_ase(atoms)
     bad["expert"] = torch.as_tensor([1, 1, 1, 0]).view(-1, 1)
@@ -89,3 +90,17 @@ def test_mapper_uses_the_table():
     fractional["expert"] = torch.full((4, 1), 0.5, dtype=torch.float64)
     with pytest.raises(ValueError, match="integers"):
         mapper(fractional)
+
+
+def test_frames_without_labels_are_refused_unless_a_default_is_named():
+    """nequip's ``from_ase`` (as its data modules call it) keeps a per-atom array only if it is
+    in ``include_keys``: without it every atom would silently land on one expert."""
+    atoms = Atoms("Pt2CO", positions=np.arange(12.0).reshape(4, 3) * 1.5)
+    atoms.arrays["expert"] = np.array([1, 0, 0, 0])
+    mapper = CompositeTypeMapper.from_table(TABLE)
+    dropped = from_ase(atoms)
+    assert "expert" not in dropped
+    with pytest.raises(ValueError, match=r"include_keys: \[expert\].*default_expert: NAME"):
+        mapper(dropped)
+    read = from_ase(atoms, include_keys=["expert"])
+    assert mapper(read)["atom_types"].tolist() == [3, 2, 0, 1]

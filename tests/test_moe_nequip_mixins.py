@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nequip.data import AtomicDataDict, compute_neighborlist_, from_dict, to_ase
+from nequip.nn import with_edge_vectors_
 from nequip.utils.unittests.model_tests_ase_integration import ASEIntegrationMixin
 
 from nequip_moe.integrations.ase import MoECalculator
@@ -87,6 +88,24 @@ TWO_ALLEGRO = moe_config(
         ),
     }
 )
+
+
+def experts_own_cutoffs(config):
+    """``per_edge_type_cutoff`` over composite types equal to what the (strictly local) experts
+    use at inference: each centre type's row holds its own expert's cutoffs, as written in the
+    expert configs (3.2 and 2.8 are not float32 numbers: float32(3.2) > 3.2)."""
+    types = config["composite_types"]
+    return {
+        centre: {
+            neighbour: expert_cutoff(
+                config, types[centre]["expert"], types[centre]["element"], types[neighbour]["element"]
+            )
+            for neighbour in config["type_names"]
+        }
+        for centre in config["type_names"]
+    }
+
+
 # a message-passing NequIP expert (routed with its receptive-field halo) and an Allegro one
 NEQUIP_ALLEGRO = moe_config({"big": nequip_expert(), "small": allegro_expert(r_max=3.6)})
 
@@ -276,7 +295,9 @@ class TestTwoAllegroExperts(MoEMixinTests):
     @pytest.fixture(scope="class")
     @classmethod
     def config(cls):
-        return copy.deepcopy(TWO_ALLEGRO)
+        # the composite-type neighbour cutoffs given explicitly, equal to the experts' own
+        # (issue 29: a float32 model refused them); TWO_ALLEGRO alone derives them
+        return {**copy.deepcopy(TWO_ALLEGRO), "per_edge_type_cutoff": experts_own_cutoffs(TWO_ALLEGRO)}
 
     # float32 end to end here; the float64 sessions (1e-12 compiled == eager) are the
     # NequIP + Allegro class and the gated class of test_gated_moe.py
@@ -288,6 +309,66 @@ class TestTwoAllegroExperts(MoEMixinTests):
     @pytest.fixture
     def strict_locality(self):
         return True
+
+    def test_pair_allegro_compile_holds_every_expert_edge(self, fake_model_training_session):
+        """The float32 MoE compiled for `pair_style allegro` carries the composite-type cutoffs as
+        written, and fed only the edges pair_allegro keeps (``r^2 <= cut^2`` per type pair, with
+        the metadata's cutoffs) it gives the eager model's energies and forces: LAMMPS's
+        neighbour list holds every edge the experts evaluate. Control: the list cut 30 % short
+        for the small expert's centres gives other forces."""
+        from allegro._compile import allegro_data_settings
+        from nequip.utils.unittests.utils import resolve_saved_model_path, run_nequip_compile
+        from nequip_moe.integrations.model_files import load_model
+        from test_moe_model import pt_co_slab, typed_graph
+
+        _, tmpdir, env, model_dtype, model_source, _ = fake_model_training_session
+        saved = resolve_saved_model_path(tmpdir, model_source)
+        compiled_path = run_nequip_compile(
+            saved, tmpdir, env, "aotinductor", "cpu", "pair_allegro", output_prefix="pair_allegro"
+        )
+        eager, _ = load_model(saved)
+        compiled, metadata = load_model(compiled_path)
+        config = experts_own_cutoffs(TWO_ALLEGRO)
+        names = TWO_ALLEGRO["type_names"]
+        written = torch.tensor([float(c) for c in metadata["per_edge_type_cutoff"].split()], dtype=torch.float64)
+        expected = torch.tensor([config[a][b] for a in names for b in names], dtype=torch.float64)
+        assert torch.equal(written.view(-1), expected)
+
+        atoms = pt_co_slab(size=(3, 3, 3), seed=4)
+        # CO and the lower Pt on the small expert, the upper Pt on the big one
+        z = atoms.positions[:, 2]
+        labels = np.where((atoms.numbers == 78) & (z > np.median(z[atoms.numbers == 78])), 0, 1)
+        data = typed_graph(atoms, TWO_ALLEGRO, labels)
+        ref = eager(dict(data))
+
+        def pair_allegro(cutoffs):
+            """The compiled model on the edges pair_allegro keeps with this cutoff matrix."""
+            types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+            edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
+            edge_type = types[edge_index[0]] * len(names) + types[edge_index[1]]
+            vectors = with_edge_vectors_(dict(data))[AtomicDataDict.EDGE_VECTORS_KEY]
+            keep = vectors.square().sum(-1) <= cutoffs.view(-1)[edge_type].square()
+            kept = dict(data)
+            for key in (AtomicDataDict.EDGE_INDEX_KEY, AtomicDataDict.EDGE_CELL_SHIFT_KEY):
+                kept[key] = kept[key][..., keep] if key == AtomicDataDict.EDGE_INDEX_KEY else kept[key][keep]
+            ghost_owner = kept[AtomicDataDict.EDGE_INDEX_KEY][1][
+                kept[AtomicDataDict.EDGE_CELL_SHIFT_KEY].abs().sum(-1) != 0
+            ]
+            ghosted = allegro_data_settings(dict(kept))
+            out = compiled({k: ghosted[k] for k in metadata["nequip_aoti_inputs"].split()})
+            num_local = len(atoms)
+            forces = out["forces"][:num_local].index_add(0, ghost_owner, out["forces"][num_local:])
+            return out["atomic_energy"][:num_local], forces
+
+        energy, forces = pair_allegro(written)
+        torch.testing.assert_close(energy.double(), ref["atomic_energy"].double(), atol=1e-4, rtol=0)
+        torch.testing.assert_close(forces.double(), ref["forces"].double(), atol=1e-4, rtol=0)
+        short = written.clone().view(len(names), len(names))
+        for name in names:
+            if TWO_ALLEGRO["composite_types"][name]["expert"] == "small":
+                short[names.index(name)] *= 0.7
+        _, short_forces = pair_allegro(short)
+        assert (short_forces.double() - ref["forces"].double()).abs().max() > 1e-3
 
 
 class TestNequIPAllegroExperts(MoEMixinTests):

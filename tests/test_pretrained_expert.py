@@ -137,7 +137,7 @@ def test_two_packaged_experts_are_refused_while_packaging(allegro_package, tmp_p
 
     other = tmp_path / "other.nequip.zip"
     shutil.copy(allegro_package, other)
-    monkeypatch.setattr(moe_model, "get_workflow_state", lambda: "package")
+    monkeypatch.setattr(moe_model, "workflow_state", lambda: "package")
     monkeypatch.setattr(moe_model, "_PACKAGES_LOADED_BY_NEQUIP_PACKAGE", set())
     moe_model.PretrainedExpert(str(allegro_package))
     moe_model.PretrainedExpert(str(allegro_package))  # the same package again is fine
@@ -235,3 +235,48 @@ def test_staged_route_package_compile_same_numbers(
     torch.testing.assert_close(
         expected["atomic_energy"].view(-1)[big], ref[big].detach(), atol=1e-10, rtol=0
     )
+
+
+def test_frozen_expert_cache_trains_identically(trained_allegro, pt_co_frames_file, tmp_path):
+    """`nequip-train` of configs/tiny_staged.yaml (frozen big expert, every agreement term, random
+    interface cuts) for 3 epochs: with the frozen expert computed once per training frame and
+    reused (the default) the logged losses and metrics of every step and epoch and the trained
+    weights are those of evaluating it at every step."""
+    import csv
+
+    runs = {}
+    for cache in ("true", "false"):
+        run_dir = tmp_path / f"cache_{cache}"
+        run_dir.mkdir()
+        run_tool(
+            [
+                "nequip-train", "-cp", CONFIGS, "-cn", "tiny_staged",
+                f"big_model={trained_allegro}", f"data_file={pt_co_frames_file}",
+                "trainer.max_epochs=3", f"++training_module.model.frozen_expert_cache={cache}",
+                "+trainer.logger={_target_:lightning.pytorch.loggers.CSVLogger,save_dir:.,name:log}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=run_dir,
+        )
+        (metrics_file,) = run_dir.glob("log/*/metrics.csv")
+        with open(metrics_file) as f:
+            runs[cache] = (run_dir, list(csv.DictReader(f)))
+    (cached_dir, cached), (evaluated_dir, evaluated) = runs["true"], runs["false"]
+    assert len(cached) == len(evaluated) > 6
+    checked = 0
+    for row, ref in zip(cached, evaluated):
+        assert row.keys() == ref.keys()
+        for key, value in row.items():
+            if value == "" or key in ("epoch", "step") or "time" in key:
+                assert value == ref[key] or "time" in key, key
+                continue
+            assert float(value) == pytest.approx(float(ref[key]), rel=1e-10, abs=1e-10), key
+            checked += 1
+    assert checked > 50
+    # the cached run reused the frozen expert's outputs; the other never did
+    reused = "reusing its outputs on training frames seen before"
+    assert reused in (cached_dir / "train.log").read_text()
+    assert reused not in (evaluated_dir / "train.log").read_text()
+    from test_cotraining import assert_same_weights
+
+    assert_same_weights(cached_dir / "last.ckpt", evaluated_dir / "last.ckpt", atol=1e-10)

@@ -327,7 +327,7 @@ def test_rules_file_with_preset(tmp_path):
         ("default_expert: small\n", "a `rules` list and/or a `preset`"),
         ("rules: []\nbuffer: 1\n", r"unknown keys \['buffer'\]"),
         ("preset: pt_co_coordination\n", "preset must be a mapping with `name`"),
-        ("preset: {name: pt_co, expert: big}\n", r"one of \['pt_co_coordination'\]"),
+        ("preset: {name: pt_co, expert: big}\n", r"one of \['adsorbate_host', 'pt_co_coordination'\]"),
         ("preset: {name: pt_co_coordination, expert: big}\n", "default_expert"),
     ],
 )

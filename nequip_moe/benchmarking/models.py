@@ -5,7 +5,8 @@ import dataclasses
 import pathlib
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,10 +18,8 @@ from nequip.nn.embedding.utils import cutoff_str_to_fulldict
 from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 
 from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.benchmarking.options import MODEL_NAMES
 from nequip_moe.integrations.model_files import is_compiled, load_model
-
-# the three models of a benchmark: the MoE and each of its two experts alone
-MODEL_NAMES = ("moe", "big", "small")
 
 @dataclasses.dataclass
 class BenchModel:
@@ -78,16 +77,25 @@ class BenchModel:
         return np.array([self.type_names.index(s) for s in atoms.get_chemical_symbols()])
 
     def inputs(
-        self, atoms: ase.Atoms, high_fidelity: np.ndarray, device: torch.device
+        self,
+        atoms: ase.Atoms,
+        high_fidelity: np.ndarray,
+        device: torch.device,
+        uniform_cutoff: bool = False,
     ) -> AtomicDataDict.Type:
-        """Graph of ``atoms`` with this model's atom types and neighbour list (its cutoffs)."""
+        """Graph of ``atoms`` with this model's atom types and neighbour list (its cutoffs).
+
+        Args:
+            uniform_cutoff: every pair within ``r_max`` (a superset of what any expert reads:
+                the neighbour list co-training needs), instead of the per-edge-type cutoffs
+        """
         data = from_ase(atoms)
         data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(
             self.atom_types(atoms, high_fidelity), dtype=torch.long
         )
         data = NeighborListTransform(
             r_max=self.r_max,
-            per_edge_type_cutoff=self.per_edge_type_cutoff,
+            per_edge_type_cutoff=None if uniform_cutoff else self.per_edge_type_cutoff,
             type_names=self.type_names,
         )(data)
         return AtomicDataDict.to_(data, device)
@@ -149,3 +157,26 @@ def compile_model(path, out, device: torch.device) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{(proc.stderr or proc.stdout)[-3000:]}")
     return str(out)
+
+
+def prepare_models(
+    files: Dict[str, str],
+    eager: bool,
+    out_dir,
+    device: torch.device,
+    hf_expert: Optional[str],
+    log: Callable[[str], None],
+) -> Dict[str, BenchModel]:
+    """The timed models: compiled files as they are; checkpoints and packages compiled once
+    each with ``nequip-compile`` into ``out_dir``, unless ``eager``."""
+    models = {}
+    for name in MODEL_NAMES:
+        path = files[name]
+        if not eager and not str(path).endswith(".nequip.pt2"):
+            out = pathlib.Path(out_dir) / f"{name}.nequip.pt2"
+            log(f"nequip-compile {name} (AOTInductor, {device}) -> {out}")
+            start = time.perf_counter()
+            path = compile_model(path, out, device)
+            log(f"  compiled {name} in {time.perf_counter() - start:.0f} s")
+        models[name] = load_bench_model(name, path, device, hf_expert)
+    return models

@@ -3,7 +3,7 @@
 import pathlib
 from typing import Dict, List
 
-from nequip_moe.benchmarking.models import MODEL_NAMES
+from nequip_moe.benchmarking.options import MODEL_NAMES
 
 
 def format_table(rows: List[Dict]) -> str:
@@ -31,12 +31,21 @@ def format_weights(weights: Dict[str, float]) -> str:
 def summary(results: Dict, mode: str) -> str:
     """Machine line, speed table, scaling exponents, cost weights, memory, training, presets."""
     machine = results["machine"]
+    dtypes = sorted({str(d) for d in (results.get("model_dtype") or {}).values()})
     lines = [
         f"{machine['date']}  {machine['device_name']} ({machine['device']}), "
         f"{machine['torch_threads']} threads, torch {machine['versions']['torch']}, {mode}, "
+        f"{results['options'].get('clock', 'wall')} clock, "
+        f"{'/'.join(dtypes) or 'model dtype unknown'}, "
         f"load average {machine['load_average']} -> {machine.get('load_average_end')}",
         format_table(results["rows"]),
     ]
+    largest = [r for r in results["rows"] if r["n_atoms"] == results["rows"][-1]["n_atoms"]]
+    lines.append(
+        f"atoms/s at N={largest[0]['n_atoms']}: big {largest[0]['atoms_per_s']['big']:.4g}, "
+        f"small {largest[0]['atoms_per_s']['small']:.4g}, "
+        + ", ".join(f"moe f={r['hf_fraction']:.2f} {r['atoms_per_s']['moe']:.4g}" for r in largest)
+    )
     exponents = [
         f"{label} {entry['exponent']:.2f}"
         for label, entry in results["scaling"].items()
@@ -53,6 +62,20 @@ def summary(results: Dict, mode: str) -> str:
         lines.append(
             f"peak memory at N={memory['n_atoms']}: {per_model} "
             f"(moe / big {memory['moe_over_big']:.2f})"
+        )
+    capacity = results.get("capacity")
+    if capacity is not None:
+        lines.append(
+            f"largest system on {machine['device']} (tried N = {capacity['n_atoms_tried']}): "
+            + ", ".join(
+                f"{name} {capacity[name]['largest_fit_atoms']} atoms "
+                + (
+                    f"(out of memory at {capacity[name]['out_of_memory_atoms']})"
+                    if capacity[name]["out_of_memory_atoms"]
+                    else "(all sizes tried fit)"
+                )
+                for name in ("moe", "big")
+            )
         )
     training = results["training"]
     if training is not None and "skipped" in training:
@@ -72,8 +95,32 @@ def summary(results: Dict, mode: str) -> str:
                 lines += [
                     f"preset {preset}, {dtype} (cost weights {format_weights(entry['cost_weights'])}):",
                     format_table(entry["rows"]),
+                    *preset_memory_lines(entry, section["memory_budget_bytes"]),
                 ]
     return "\n".join(lines)
+
+
+def preset_memory_lines(entry: Dict, budget_bytes: float) -> List[str]:
+    """Memory per edge, each model's predicted peak on the target, and which times were
+    extrapolated from smaller structures."""
+    probe, gib = entry["memory_probe"], 2**30
+    lines = [
+        f"  memory per edge (measured at N={probe['n_atoms']}): "
+        + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in probe["bytes_per_edge"].items())
+        + "; measured call memory there: "
+        + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in probe["call_bytes"].items())
+    ]
+    for row in entry["rows"]:
+        predicted = ", ".join(f"{k} {v / gib:.1f}" for k, v in row["predicted_call_bytes"].items())
+        lines.append(
+            f"  N={row['n_atoms']} f={row['hf_fraction']:.2f}: predicted peak GiB {predicted} "
+            f"(budget {budget_bytes / gib:g})"
+            + "".join(
+                f"; {k} extrapolated from N={e['from_atoms']} (t ~ N^{e['exponent']:.2f})"
+                for k, e in row["extrapolated"].items()
+            )
+        )
+    return lines
 
 
 def plot_results(results: Dict, out_dir) -> List[str]:

@@ -7,7 +7,7 @@ import os
 import pathlib
 import platform
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -15,65 +15,15 @@ import torch
 import ase
 from ase.io import read
 
+from nequip_moe.benchmarking.capacity import capacity_section
 from nequip_moe.benchmarking.memory import memory_section
-from nequip_moe.benchmarking.models import (
-    MODEL_NAMES,
-    BenchModel,
-    compile_model,
-    load_bench_model,
-)
+from nequip_moe.benchmarking.models import BenchModel, load_bench_model, prepare_models
+from nequip_moe.benchmarking.options import MODEL_NAMES, BenchOptions
+from nequip_moe.benchmarking.preset import preset_section
 from nequip_moe.benchmarking.speed import cost_weights, scaling_from_rows, speed_rows
+from nequip_moe.benchmarking.structures import bench_slabs
 from nequip_moe.benchmarking.training import training_section
 from nequip_moe.benchmarking.untrained import untrained_checkpoints
-
-
-@dataclasses.dataclass
-class BenchOptions:
-    """What to benchmark and how.
-
-    Args:
-        structure: extxyz file of the structures to time (each frame is one size)
-        supercells: in-plane repeats ``(k, k, 1)`` of every frame, each one more size
-        config: MoE training config whose untrained models are benchmarked (unless ``model_files``)
-        model_files: ``{moe, big, small}`` -> compiled file, package or checkpoint
-        hf_expert: the MoE's high-fidelity expert (default: its first expert)
-        model_dtype: overrides the config's ``model_dtype``
-        fractions: target high-fidelity fractions (highest atoms first)
-        repeats: timed calls per model and structure (median reported)
-        warmup: untimed calls before timing
-        device: ``cpu`` or ``cuda``
-        eager: time eager models instead of AOTInductor-compiled ones
-        memory: measure peak memory at the largest size
-        memory_fraction: high-fidelity fraction of the memory and training measurements
-        training: time training steps (needs checkpoints: a config or ``.ckpt`` model files)
-        train_frames: frames in the training batch (copies of the smallest structure, rattled)
-        preset: named expert sizes (``PRESETS``) timed beside the sweep, built from ``config``
-        preset_dtypes: ``model_dtype`` s of the preset rows
-        preset_fractions: target high-fidelity fractions of the preset rows
-        preset_max_atoms: the preset rows use the largest structure up to this size (default: the largest)
-        out_dir: where checkpoints and compiled models go
-    """
-
-    structure: Optional[str] = None
-    supercells: Sequence[int] = (1,)
-    config: Optional[str] = None
-    model_files: Optional[Dict[str, str]] = None
-    hf_expert: Optional[str] = None
-    model_dtype: Optional[str] = None
-    fractions: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0)
-    repeats: int = 5
-    warmup: int = 1
-    device: str = "cpu"
-    eager: bool = False
-    memory: bool = True
-    memory_fraction: float = 0.25
-    training: bool = True
-    train_frames: int = 4
-    preset: Optional[str] = None
-    preset_dtypes: Sequence[str] = ("float64", "float32")
-    preset_fractions: Sequence[float] = (0.1, 0.25, 0.5)
-    preset_max_atoms: Optional[int] = None
-    out_dir: str = "nequip_moe_bench"
 
 
 def read_structures(path, supercells: Sequence[int] = (1,)) -> List[ase.Atoms]:
@@ -136,29 +86,6 @@ def machine_info(device: torch.device) -> Dict:
     }
 
 
-def prepare_models(
-    files: Dict[str, str],
-    eager: bool,
-    out_dir,
-    device: torch.device,
-    hf_expert: Optional[str],
-    log: Callable[[str], None],
-) -> Dict[str, BenchModel]:
-    """The timed models: compiled files as they are; checkpoints and packages compiled once
-    each with ``nequip-compile`` into ``out_dir``, unless ``eager``."""
-    models = {}
-    for name in MODEL_NAMES:
-        path = files[name]
-        if not eager and not str(path).endswith(".nequip.pt2"):
-            out = pathlib.Path(out_dir) / f"{name}.nequip.pt2"
-            log(f"nequip-compile {name} (AOTInductor, {device}) -> {out}")
-            start = time.perf_counter()
-            path = compile_model(path, out, device)
-            log(f"  compiled {name} in {time.perf_counter() - start:.0f} s")
-        models[name] = load_bench_model(name, path, device, hf_expert)
-    return models
-
-
 def sweep(
     models: Dict[str, BenchModel],
     structures: Sequence[ase.Atoms],
@@ -171,7 +98,9 @@ def sweep(
     rows = []
     for atoms in structures:
         start = time.perf_counter()
-        new = speed_rows(models, atoms, fractions, options.repeats, options.warmup, device)
+        new = speed_rows(
+            models, atoms, fractions, options.repeats, options.warmup, device, options.clock
+        )
         rows.extend(new)
         moe_times = ", ".join(f"moe f={r['hf_fraction']:.2f} {r['t_moe_s']:.3g} s" for r in new)
         log(
@@ -190,34 +119,6 @@ def model_files(options: BenchOptions, example: ase.Atoms) -> Dict[str, str]:
     )
 
 
-def preset_section(
-    options: BenchOptions, structures: List[ase.Atoms], device, log
-) -> Dict:
-    """Speed rows and cost weights of the preset experts, for each ``preset_dtypes``."""
-    fits = [a for a in structures if options.preset_max_atoms is None
-            or len(a) <= options.preset_max_atoms]
-    if not fits:
-        raise ValueError(f"no structure has at most --preset-max-atoms {options.preset_max_atoms} atoms")
-    atoms = fits[-1]
-    section = {"n_atoms": len(atoms)}
-    for dtype in options.preset_dtypes:
-        out_dir = pathlib.Path(options.out_dir) / f"preset_{options.preset}_{dtype}"
-        log(f"preset {options.preset} {dtype}: {len(atoms)} atoms")
-        files = untrained_checkpoints(
-            options.config, structures[0], out_dir, dtype, options.hf_expert, options.preset
-        )
-        start = time.perf_counter()
-        models = prepare_models(files, options.eager, out_dir, device, options.hf_expert, log)
-        prepare_s = time.perf_counter() - start
-        rows = sweep(models, [atoms], options.preset_fractions, options, device, log)
-        section[dtype] = {
-            "rows": rows,
-            "cost_weights": cost_weights(rows, models["moe"].experts),
-            "prepare_s": prepare_s,
-        }
-    return section
-
-
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> Dict:
     """Run the speed, scaling, memory, training and preset benchmarks; returns the results.
 
@@ -230,6 +131,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available")
+    if options.clock == "cpu" and device.type != "cpu":
+        raise ValueError("--clock cpu times CPU runs only: use --clock wall on a GPU")
     if options.structure is None:
         raise ValueError("no structure: pass an extxyz file (--structure)")
     if options.model_files is None and options.config is None:
@@ -245,6 +148,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     files = model_files(options, structures[0])
     models = prepare_models(files, options.eager, out_dir, device, options.hf_expert, log)
     rows = sweep(models, structures, options.fractions, options, device, log)
+    results["model_dtype"] = {name: models[name].metadata.get("model_dtype") for name in models}
     results["rows"] = rows
     results["scaling"] = scaling_from_rows(rows)
     results["cost_weights"] = cost_weights(rows, models["moe"].experts)
@@ -253,6 +157,13 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     if options.memory:
         log(f"peak memory at {len(structures[-1])} atoms (one subprocess per model)")
         results["memory"] = memory_section(models, structures[-1], options.memory_fraction, device)
+
+    results["capacity"] = None
+    if options.fit_slabs:
+        log(f"largest system on {device}: slabs of sizes {list(options.fit_slabs)}")
+        results["capacity"] = capacity_section(
+            models, bench_slabs(options.fit_slabs), options.memory_fraction, device, log
+        )
 
     results["training"] = None
     if options.training:

@@ -10,7 +10,7 @@ the ideal with the experts' shares of the edges in place of atom fractions
 
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,13 +43,21 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def time_call(model: torch.nn.Module, data: AtomicDataDict.Type, device) -> float:
-    """Wall time (s) of one model call, forces included."""
+# what a timed call measures: wall time, or the CPU time of this process (CPU runs only: with
+# one torch thread it is the call's own work, unaffected by other jobs sharing the machine)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_call(
+    model: torch.nn.Module, data: AtomicDataDict.Type, device, clock: str = "wall"
+) -> float:
+    """Time (s) of one model call, forces included, by ``CLOCKS[clock]``."""
+    now = CLOCKS[clock]
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     model(dict(data))[AtomicDataDict.FORCE_KEY]
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def time_interleaved(
@@ -82,10 +90,64 @@ def speed_figures(t_moe: float, t_big: float, t_small: float, hf_fraction: float
     }
 
 
-def _centre_fraction(data: AtomicDataDict.Type, atoms: np.ndarray) -> float:
+def centre_fraction(data: AtomicDataDict.Type, atoms: np.ndarray) -> float:
     """Fraction of the edges of ``data`` centred on the masked ``atoms``."""
     centres = data[AtomicDataDict.EDGE_INDEX_KEY][0].cpu().numpy()
     return float(atoms[centres].mean())
+
+
+def timed_inputs(
+    models: Dict[str, BenchModel], atoms: ase.Atoms, fractions: Sequence[float], device
+) -> Tuple[Dict[float, np.ndarray], Dict[str, AtomicDataDict.Type]]:
+    """The high-fidelity mask of each fraction and the inputs of every timed call: ``big`` and
+    ``small`` alone and the MoE at each fraction (``moe@f``)."""
+    forced = models["moe"].forced_high_fidelity(atoms)
+    masks = {f: high_fidelity_mask(atoms, f, forced) for f in fractions}
+    inputs = {
+        "big": models["big"].inputs(atoms, forced, device),
+        "small": models["small"].inputs(atoms, forced, device),
+    }
+    for f, mask in masks.items():
+        inputs[f"moe@{f}"] = models["moe"].inputs(atoms, mask, device)
+    return masks, inputs
+
+
+def speed_row(
+    atoms: ase.Atoms,
+    fraction: float,
+    mask: np.ndarray,
+    inputs: Dict[str, AtomicDataDict.Type],
+    median: Dict[str, float],
+) -> Dict:
+    """The row of one fraction: figures from the median times of ``big``, ``small`` and
+    ``moe@fraction`` (seconds), edge counts and atoms per second."""
+    key = f"moe@{fraction}"
+    hf_fraction = float(mask.mean())
+    figures = speed_figures(median[key], median["big"], median["small"], hf_fraction)
+    # the cost model per edge: each expert's share of the edges it evaluates alone
+    hf_edges = centre_fraction(inputs["big"], mask)
+    lf_edges = centre_fraction(inputs["small"], ~mask)
+    ideal_edges = 1.0 / (hf_edges + lf_edges * figures["cost_ratio"])
+    keys = (("moe", key), ("big", "big"), ("small", "small"))
+    return {
+        "n_atoms": len(atoms),
+        "structure": {k: np.asarray(v).tolist() for k, v in atoms.info.items()},
+        "target_fraction": fraction,
+        "hf_fraction": hf_fraction,
+        "n_hf_atoms": int(mask.sum()),
+        "n_edges": {
+            name: int(inputs[k][AtomicDataDict.EDGE_INDEX_KEY].shape[1]) for name, k in keys
+        },
+        "t_moe_s": median[key],
+        "t_big_s": median["big"],
+        "t_small_s": median["small"],
+        **figures,
+        "hf_edge_fraction": hf_edges,
+        "lf_edge_fraction": lf_edges,
+        "ideal_speedup_edges": ideal_edges,
+        "efficiency_edges": figures["speedup"] / ideal_edges,
+        "atoms_per_s": {name: len(atoms) / median[k] for name, k in keys},
+    }
 
 
 def speed_rows(
@@ -95,55 +157,23 @@ def speed_rows(
     repeats: int,
     warmup: int,
     device: torch.device,
+    clock: str = "wall",
 ) -> List[Dict]:
     """Time the MoE at every fraction and both experts alone on one structure; one row per fraction."""
-    moe = models["moe"]
-    forced = moe.forced_high_fidelity(atoms)
-    masks = [high_fidelity_mask(atoms, f, forced) for f in fractions]
-    inputs = {
-        "big": models["big"].inputs(atoms, forced, device),
-        "small": models["small"].inputs(atoms, forced, device),
-    }
-    for f, mask in zip(fractions, masks):
-        inputs[f"moe@{f}"] = moe.inputs(atoms, mask, device)
+    masks, inputs = timed_inputs(models, atoms, fractions, device)
     calls = {
-        key: (lambda m=models[key.split("@")[0]].model, d=data: time_call(m, d, device))
+        key: (lambda m=models[key.split("@")[0]].model, d=data: time_call(m, d, device, clock))
         for key, data in inputs.items()
     }
     times = time_interleaved(calls, repeats, warmup)
     median = {key: statistics.median(values) for key, values in times.items()}
-    rows = []
-    for f, mask in zip(fractions, masks):
-        key = f"moe@{f}"
-        hf_fraction = float(mask.mean())
-        figures = speed_figures(median[key], median["big"], median["small"], hf_fraction)
-        # the cost model per edge: each expert's share of the edges it evaluates alone
-        hf_edges = _centre_fraction(inputs["big"], mask)
-        lf_edges = _centre_fraction(inputs["small"], ~mask)
-        ideal_edges = 1.0 / (hf_edges + lf_edges * figures["cost_ratio"])
-        rows.append(
-            {
-                "n_atoms": len(atoms),
-                "structure": {k: np.asarray(v).tolist() for k, v in atoms.info.items()},
-                "target_fraction": f,
-                "hf_fraction": hf_fraction,
-                "n_hf_atoms": int(mask.sum()),
-                "n_edges": {
-                    name: int(inputs[k][AtomicDataDict.EDGE_INDEX_KEY].shape[1])
-                    for name, k in (("moe", key), ("big", "big"), ("small", "small"))
-                },
-                "t_moe_s": median[key],
-                "t_big_s": median["big"],
-                "t_small_s": median["small"],
-                **figures,
-                "hf_edge_fraction": hf_edges,
-                "lf_edge_fraction": lf_edges,
-                "ideal_speedup_edges": ideal_edges,
-                "efficiency_edges": figures["speedup"] / ideal_edges,
-                "times_s": {"moe": times[key], "big": times["big"], "small": times["small"]},
-            }
-        )
-    return rows
+    return [
+        {
+            **speed_row(atoms, f, mask, inputs, median),
+            "times_s": {"moe": times[f"moe@{f}"], "big": times["big"], "small": times["small"]},
+        }
+        for f, mask in masks.items()
+    ]
 
 
 def fit_exponent(n_atoms: Sequence[int], times: Sequence[float]) -> Optional[float]:

@@ -66,13 +66,15 @@ def training_batch(
         frames: structures (labels of zero where they have none)
         fraction: target high-fidelity fraction of each frame (MoE only)
         device: device of the batch
-        shared: transform adding the per-atom ``shared`` marks of co-training (default: none)
+        shared: transform adding the per-atom ``shared`` marks of co-training (default: none);
+            with it, the neighbour list holds every pair within ``r_max``, as co-training needs
+            (every expert evaluated on other experts' atoms)
     """
     graphs = []
     for atoms in frames:
         atoms = with_labels(atoms)
         mask = high_fidelity_mask(atoms, fraction, model.forced_high_fidelity(atoms))
-        data = model.inputs(atoms, mask, torch.device("cpu"))
+        data = model.inputs(atoms, mask, torch.device("cpu"), uniform_cutoff=shared is not None)
         if shared is not None:
             data = shared(data)
         graphs.append(AtomicDataDict.to_(data, device))

@@ -17,12 +17,8 @@ import ase
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe._keys import EXPERT_KEY
-from nequip_moe.benchmarking.models import (
-    MODEL_NAMES,
-    expert_labels,
-    expert_pair,
-    forced_high_fidelity,
-)
+from nequip_moe.benchmarking.models import expert_labels, expert_pair, forced_high_fidelity
+from nequip_moe.benchmarking.options import MODEL_NAMES, PRESETS
 
 # dataset statistics that untrained models get in place of `${training_data_stats:...}`
 UNTRAINED_STATS = {
@@ -31,18 +27,6 @@ UNTRAINED_STATS = {
     "forces_rms": 1.0,
     "total_energy_std": 1.0,
 }
-
-# named expert architectures: overrides of the (high-fidelity, low-fidelity) experts' configs
-PRESETS = {
-    # the expert sizes of the published Allegro MoE benchmark
-    "paper": (
-        {"l_max": 3, "num_layers": 4, "num_scalar_features": 128, "num_tensor_features": 64,
-         "r_max": 7.0},
-        {"l_max": 1, "num_layers": 2, "num_scalar_features": 32, "num_tensor_features": 32,
-         "r_max": 7.0},
-    ),
-}
-
 
 def _untrained_stat(name: str):
     if name not in UNTRAINED_STATS:

@@ -23,6 +23,11 @@ from nequip.utils.aoti_metadata import NEQUIP_AOTI_OUTPUTS_KEY
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe._keys import EXPERT_KEY, GATE_MODEL_KEY
+from nequip_moe.compat.nequip_api import (
+    ase_compile_target,
+    calculator_from_saved_model,
+    transforms_run_on_device,
+)
 from nequip_moe.integrations.model_files import (
     _check_exists,
     compiled_input_fields,
@@ -99,13 +104,11 @@ class MoECalculator(NequIPCalculator):
         Args:
             model_path: path to the checkpoint or package
             device: device to evaluate the model on
-            **kwargs: ``label_rule``, ``default_expert``, options of ``NequIPCalculator._from_saved_model`` (``allow_tf32``, ``model_name``, ``compile_mode``, neighbour-list options) and calculator options
+            **kwargs: ``label_rule``, ``default_expert``, options of nequip's saved-model loader (``allow_tf32``, ``model_name``, ``compile_mode``, neighbour-list options) and calculator options
         """
         _check_exists(model_path)
-        # nequip offers no public loader for calculators from checkpoints or packages: its docs
-        # point to `NequIPCalculator._from_saved_model`
-        return cls._from_saved_model(
-            model_path, device=device, chemical_species_to_atom_type_map={}, **kwargs
+        return calculator_from_saved_model(
+            cls, model_path, device=device, chemical_species_to_atom_type_map={}, **kwargs
         )
 
     @classmethod
@@ -184,9 +187,11 @@ class MoECalculator(NequIPCalculator):
         return np.array([self.element_type_names.index(s) for s in symbols], dtype=np.int64)
 
     def atoms_to_data(self, atoms: Atoms) -> AtomicDataDict.Type:
+        """nequip's ``atoms_to_data`` with the composite atom types set before the transforms
+        (the neighbour list may need them), which its own has no hook for."""
         data = from_ase(atoms)
         data[AtomicDataDict.ATOM_TYPE_KEY] = torch.as_tensor(self.atom_types(atoms))
-        on_device = self._transforms_run_on_device()
+        on_device = transforms_run_on_device(self)
         if on_device:
             data = AtomicDataDict.to_(data, self.device)
         for t in self.transforms:
@@ -194,15 +199,6 @@ class MoECalculator(NequIPCalculator):
         if not on_device:
             data = AtomicDataDict.to_(data, self.device)
         return data
-
-    def _transforms_run_on_device(self) -> bool:
-        """Whether the transforms (neighbour list) run on the model's device.
-
-        ``NequIPCalculator.__init__`` makes this choice (CUDA neighbour lists) and keeps it only
-        in the private ``_move_to_device_before_transforms``; its ``atoms_to_data`` has no hook
-        to add the atom types before the transforms, so this is the one place that reads it.
-        """
-        return self._move_to_device_before_transforms
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15):
         """ASE's state check, plus changes of the per-atom ``expert`` array."""
@@ -225,9 +221,7 @@ def _model_metadata(model: torch.nn.Module) -> Dict[str, str]:
 
 def _check_ase_target(compile_path, metadata: Dict[str, str]):
     """Refuse, naming the fix, a compiled file whose inputs/outputs are not the ASE target's."""
-    # the compile target of nequip's ASE calculator (a classmethod hook of nequip's
-    # integrations, with no public name)
-    target = MoECalculator._get_aoti_compile_target()
+    target = ase_compile_target()
     inputs = compiled_input_fields(metadata)
     outputs = metadata[NEQUIP_AOTI_OUTPUTS_KEY].split()
     if inputs != list(target["input"]) or outputs != list(target["output"]):

@@ -3,9 +3,11 @@
 ``pair_style allegro`` / ``nequip`` map LAMMPS type ``k`` to the model type named ``k``-th in
 ``pair_coeff * * MODEL NAME1 NAME2 ...``; any name the model knows is accepted, so swapped
 experts (``C O Pt_small Pt``) or element names only (``C O Pt Pt``) run silently with wrong
-energies. ``check_lammps_input`` verifies the names against the model's composite-type table,
-the data file's ``Atom Type Labels`` (written by ``nequip-moe assign``) and its masses, and the
-pair style against the model's compile target and its experts' locality.
+energies, and several LAMMPS types on one model type leave pair_allegro's per-edge-type cutoffs
+of the extra types unset (refused, ``lammps_input.one_to_one_problem``). ``check_lammps_input``
+verifies the names against the model's composite-type table, the data file's ``Atom Type
+Labels`` (written by ``nequip-moe assign``) and its masses, and the pair style against the
+model's compile target and its experts' locality.
 
 Gated MoEs (metadata ``moe_gate_model``) have plain element type names (``pair_coeff * * MODEL
 C O Pt``): the names must be the model's elements, and the data file's types are tied to them
@@ -17,9 +19,10 @@ import pathlib
 from typing import List, Optional
 
 from ase.data import atomic_masses, atomic_numbers
+from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 
 from nequip_moe.integrations.lammps_data import read_data_file_types
-from nequip_moe.integrations.lammps_input import LABELS_VARIABLE
+from nequip_moe.integrations.lammps_input import LABELS_VARIABLE, one_to_one_problem
 from nequip_moe.integrations.lammps_locality import (
     check_strictly_local,
     compiled_pair_style,
@@ -143,6 +146,9 @@ def check_lammps_input(input_file, model: Optional[str] = None) -> str:
                 else f"composite types are {table.describe()}"
             )
         )
+    shared = one_to_one_problem(names, PER_EDGE_TYPE_CUTOFF_KEY in metadata)
+    if shared:
+        problems.append(shared)
     if len(names) != data.num_types:
         problems.append(
             f"`{data_path.name}` has {data.num_types} atom types but pair_coeff names "

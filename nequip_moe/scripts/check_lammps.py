@@ -7,8 +7,6 @@ locality (``nequip_moe.integrations.lammps_check``). Exits with status 2 and a l
 problems, each with its fix, if anything is off.
 """
 
-from nequip_moe.integrations.lammps_check import check_lammps_input
-
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -24,4 +22,6 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from nequip_moe.integrations.lammps_check import check_lammps_input
+
     print(check_lammps_input(args.input, args.model))

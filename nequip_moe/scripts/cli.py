@@ -1,15 +1,18 @@
 """``nequip-moe``: command-line tools for Mixture-of-Experts potentials.
 
 Each subcommand lives in its own module of ``nequip_moe.scripts`` that provides
-``add_parser(subparsers)``; the parser's ``func`` default runs it.
+``add_parser(subparsers)``; the parser's ``func`` default runs it. The modules import heavy
+code (torch, nequip, ase's readers) only inside the function that runs the command, so
+``nequip-moe --help`` and every subcommand's ``--help`` start in well under a second.
 """
 
 import argparse
 import sys
 
-from . import assign, bench, check_lammps, deploy, types
+from . import assign, bench, check_lammps, deploy, types, validate
 
-_SUBCOMMANDS = [types, assign, deploy, check_lammps, bench]
+# in the order `--help` lists them
+_SUBCOMMANDS = (types, assign, deploy, check_lammps, validate, bench)
 
 
 def main(args=None) -> int:
