@@ -430,4 +430,31 @@ def test_readme_results_are_the_rendered_reference():
     # every claim of the reference run is in it, with its verdict
     report = json.loads((readme.REFERENCE / "report.json").read_text())
     for claim in report["claims"]:
-        assert claim["claim"] in text
+        assert readme._cell(claim["claim"]) in text
+
+
+def test_readme_check_fails_when_a_reference_number_changes(tmp_path, monkeypatch):
+    """The control of the test above: ``readme.py --check`` refuses a README whose results
+    block is not the rendering of the reference files, e.g. after one number changed."""
+    import readme
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    report = {"notes": {"labeller": "emt", "sizes": {"frame_scale": 0.1, "seeds": 3}},
+              "claims": [{"claim": "split crystal max |F| <= 20 meV/A", "model": "moe",
+                          "value": 12.5, "threshold": 20.0, "holds": True,
+                          "seeds": {"moe": 12.5, "moe_s2": 9.0, "moe_s3": 7.1}}]}
+    (reference / "timings.json").write_text(json.dumps({"data": 10.0, "total (wall)": 60.0}))
+    (reference / "report.json").write_text(json.dumps(report))
+    readme_file = tmp_path / "README.md"
+    readme_file.write_text(f"# title\n\n{readme.BEGIN}\n{readme.END}\n\nmore text\n")
+    monkeypatch.setattr(readme, "REFERENCE", reference)
+    monkeypatch.setattr(readme, "README", readme_file)
+    assert readme.main(["--check"]) == 1  # the block is still empty
+    assert readme.main([]) == 0 and readme.main(["--check"]) == 0
+    text = readme_file.read_text()
+    assert "moe_s2: 9" in text and "more text" in text and "max \\|F\\|" in text
+    report["claims"][0]["value"] = 12.6
+    (reference / "report.json").write_text(json.dumps(report))
+    assert readme.main(["--check"]) == 1
+    assert readme_file.read_text() == text  # --check writes nothing

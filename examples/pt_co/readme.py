@@ -13,7 +13,7 @@ import json
 import pathlib
 import shutil
 import sys
-from typing import Dict, List
+from typing import Dict, Optional
 
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parent
 REFERENCE = EXAMPLE_DIR / "reference"
@@ -23,11 +23,26 @@ END = "<!-- END results -->"
 
 
 def _value(value) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, dict):
         return ", ".join(f"{k} {_value(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _cell(text: str) -> str:
+    """``text`` as one markdown table cell (its ``|`` escaped)."""
+    return str(text).replace("|", "\\|")
+
+
+def _seeds(claim: Dict) -> str:
+    """Every training seed's value of a worst-seed claim (``-`` for the others)."""
+    seeds = claim.get("seeds")
+    if not seeds:
+        return "-"
+    return "; ".join(f"{name}: {_value(value)}" for name, value in seeds.items())
 
 
 def render(report: Dict, timings: Dict) -> str:
@@ -42,13 +57,14 @@ def render(report: Dict, timings: Dict) -> str:
         f"{notes.get('threads', '?')} threads, device `{notes.get('device')}`"
         + (f", {total / 60:.1f} min in all" if total else "") + ".",
         "",
-        "| claim | model | value | threshold | verdict |",
-        "|---|---|---|---|---|",
+        "| claim | model | value (worst seed) | threshold | every seed | verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for claim in report["claims"]:
-        lines.append(
-            f"| {claim['claim']} | {claim['model']} | {_value(claim.get('value'))} | "
-            f"{_value(claim.get('threshold'))} | {'holds' if claim['holds'] else '**fails**'} |")
+        cells = [claim["claim"], claim["model"], _value(claim.get("value")),
+                 _value(claim.get("threshold")), _seeds(claim),
+                 "holds" if claim["holds"] else "**fails**"]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     speed = report.get("speedup")
     if speed:
         weights = speed.get("cost_weights")
@@ -67,6 +83,9 @@ def render(report: Dict, timings: Dict) -> str:
                 lines.append(f"| {name} | {row['atoms']} | {row['hf_fraction']:.3f} | "
                              f"{row['ideal_speedup']:.2f}x | {ranks} | {run['speedup']:.2f}x | "
                              f"{100 * run['efficiency']:.0f} % |")
+    trained = notes.get("trained")
+    if trained:
+        lines += ["", "Training: " + "; ".join(f"`{k}` {v}" for k, v in trained.items()) + "."]
     jobs = [(k, v) for k, v in timings.items() if k != "total (wall)"]
     lines += ["", "Job times (s; side by side where independent): "
               + ", ".join(f"{k} {v:.0f}" for k, v in jobs) + "."]
@@ -82,7 +101,9 @@ def readme_with(text: str, block: str) -> str:
     return f"{head}{BEGIN}\n{block}\n{END}{tail}"
 
 
-def reference_block(reference: pathlib.Path = REFERENCE) -> str:
+def reference_block(reference: Optional[pathlib.Path] = None) -> str:
+    """The rendering of ``reference`` (default: ``REFERENCE``)'s report and timings."""
+    reference = REFERENCE if reference is None else reference
     report = json.loads((reference / "report.json").read_text())
     timings = json.loads((reference / "timings.json").read_text())
     return render(report, timings)

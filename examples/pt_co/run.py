@@ -82,7 +82,8 @@ class Sizes:
 
 # the staged MoEs' epochs: the frozen big expert's outputs are computed once per frame
 # (MoEModel's frozen-expert cache), so a staged epoch costs a fraction of an all-big one and
-# the small expert gets 40 epochs (1,640 optimizer steps) to converge on the agreement terms
+# the small expert gets 40 epochs (1,600 optimizer steps at the default size) to converge on
+# the agreement terms
 QUICK = Sizes(
     frame_scale=1.0,
     epochs={"big": 25, "small": 30, "moe": 40, "moe_noagree": 40, "moe_joint": 12},
