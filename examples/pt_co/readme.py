@@ -55,7 +55,8 @@ def render(report: Dict, timings: Dict) -> str:
         f"Reference run: labeller `{notes.get('labeller')}`, frame scale "
         f"{sizes.get('frame_scale')}, {sizes.get('seeds', 1)} training seed(s) per staged MoE, "
         f"{notes.get('threads', '?')} threads, device `{notes.get('device')}`"
-        + (f", {total / 60:.1f} min in all" if total else "") + ".",
+        + (f"; the last invocation of `run.py` took {total / 60:.1f} min (wall; jobs it found "
+           "up to date keep the time of the run that made them)" if total else "") + ".",
         "",
         "| claim | model | value (worst seed) | threshold | every seed | verdict |",
         "|---|---|---|---|---|---|",
