@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 EXAMPLE_ARGS ?=
 
-.PHONY: venv example-venv test example example-readme clean
+.PHONY: venv example-venv test example example-readme example-fe_h clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,5 +42,10 @@ example: example-venv
 example-readme:
 	$(PY) examples/pt_co/readme.py --from examples/pt_co/out
 
+# the second example, bcc Fe with H, by the generic commands (examples/fe_h/README.md); at
+# most 15 minutes on 2 cores
+example-fe_h: example-venv
+	PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))" bash examples/fe_h/run.sh
+
 clean:
-	rm -rf $(VENV) examples/pt_co/out .pytest_cache
+	rm -rf $(VENV) examples/pt_co/out examples/fe_h/out .pytest_cache

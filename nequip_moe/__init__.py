@@ -1,10 +1,10 @@
 """nequip-moe: multi-fidelity Mixture-of-Experts potentials for the NequIP framework.
 
 Imported by nequip at start-up through the ``nequip.extension`` entry point; it registers the
-expert-label and gate fields with nequip. Importing it does not import nequip (so that the
-``nequip-moe`` command starts fast): the fields are registered at once if nequip is imported
-already (always so when nequip loads this extension), else as soon as nequip's own import
-completes.
+expert-label, gate and co-training fields with nequip. Importing it does not import nequip (so
+that the ``nequip-moe`` command starts fast): the fields are registered at once if nequip is
+imported already (always so when nequip loads this extension), else as soon as nequip's own
+import completes.
 """
 
 import importlib.abc
@@ -28,6 +28,7 @@ def register_fields():
             keys.EXPERT_ATOMIC_ENERGY_KEY,
             keys.EXPERT_FORCES_KEY,
         ],
+        edge_fields=[keys.EXPERT_EDGE_ENERGY_GRADIENT_KEY],
         graph_fields=[keys.EXPERT_TOTAL_ENERGY_KEY],
         long_fields=[keys.EXPERT_KEY, keys.ATOM_EXPERT_KEY, keys.SHARED_KEY],
     )

@@ -9,6 +9,9 @@
   ``[num_atoms, num_experts, 3]``: each expert's per-atom energy and whole-frame force on the
   shared atoms (zero elsewhere). ``EXPERT_TOTAL_ENERGY_KEY`` ``[num_frames, num_experts]``:
   each expert's energy of the frame, meaningful for frames whose atoms are all shared.
+- ``EXPERT_EDGE_ENERGY_GRADIENT_KEY`` ``[num_edges, num_experts, 3]``: for strictly local
+  experts, each expert's gradient ``d e_centre / d r_edge`` of its centre atom's energy with
+  respect to the edge vector, on the edges centred on shared atoms (zero elsewhere).
 
 The data fields are registered with nequip in ``nequip_moe/__init__.py``.
 """
@@ -22,6 +25,7 @@ GATE_KEY: Final[str] = "moe_gate"
 EXPERT_ATOMIC_ENERGY_KEY: Final[str] = "expert_atomic_energy"
 EXPERT_FORCES_KEY: Final[str] = "expert_forces"
 EXPERT_TOTAL_ENERGY_KEY: Final[str] = "expert_total_energy"
+EXPERT_EDGE_ENERGY_GRADIENT_KEY: Final[str] = "expert_edge_energy_gradient"
 
 # Model metadata keys (space-separated strings): the composite-type table aligned with
 # `type_names` (`moe_type_elements`, `moe_type_experts`), the experts in label order

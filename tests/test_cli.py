@@ -22,7 +22,9 @@ def test_cli_module_imports_nothing_heavy():
     assert imported_after("import nequip_moe.scripts.cli") == []
 
 
-@pytest.mark.parametrize("name", ["types", "deploy", "check_lammps", "bench"])
+@pytest.mark.parametrize(
+    "name", ["types", "assign", "distil", "deploy", "check_lammps", "validate", "bench"]
+)
 def test_subcommand_parsers_import_nothing_heavy(name):
     code = (
         "import argparse, importlib\n"
@@ -51,5 +53,5 @@ def test_help_lists_the_subcommands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in ("types", "assign", "deploy", "check-lammps", "bench"):
+    for name in ("types", "assign", "distil", "deploy", "check-lammps", "validate", "bench"):
         assert name in out

@@ -49,6 +49,7 @@ def MoEModel(
     dense: bool = False,
     frozen_experts: Sequence[str] = (),
     frozen_expert_cache: bool = True,
+    cotraining_edge_gradients: bool = False,
     do_derivatives: bool = True,
 ):
     """Spatial Mixture-of-Experts potential: each atom's energy comes from its expert(s).
@@ -101,6 +102,7 @@ def MoEModel(
         dense (bool): every expert evaluates every edge (masked per atom) instead of only its own; numerically identical and compile-friendly, used automatically under ``compile_mode: compile`` (default ``False``)
         frozen_experts (Sequence[str]): experts whose weights are not trained, e.g. a pretrained high-fidelity expert (default none)
         frozen_expert_cache (bool): compute each frozen, strictly local expert once per training frame and reuse it every epoch (same numbers; default ``True``)
+        cotraining_edge_gradients (bool): in co-training, also output every expert's per-edge energy gradients on the edges centred on shared atoms (``expert_edge_energy_gradient``), which the agreement term ``ExpertAgreement(field: edge_energy_gradient)`` compares; strictly local experts only (default ``False``: the field is left out; it costs no extra backward pass, only its memory)
         do_derivatives (bool): compute forces, virial and stress by autograd (default ``True``)
     """
     type_names = [str(t) for t in type_names]
@@ -159,6 +161,7 @@ def MoEModel(
         dense=dense,
         gate=gate_module,
         frozen_expert_cache=frozen_expert_cache,
+        cotraining_edge_gradients=cotraining_edge_gradients,
         irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"},
     )
     total_energy_sum = AtomwiseReduce(

@@ -13,6 +13,7 @@ from nequip.nn import scatter
 
 from nequip_moe._keys import (
     EXPERT_ATOMIC_ENERGY_KEY,
+    EXPERT_EDGE_ENERGY_GRADIENT_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
 )
@@ -38,6 +39,17 @@ def shared_expert_outputs(
     for training (``create_graph`` in training mode) for experts with trainable parameters
     only: a frozen expert's forces are targets.
 
+    A strictly local expert's forces come from one backward pass with respect to the edge
+    vectors ``r_e = r_neighbour - r_centre + shift``: it gives the edge gradients
+    ``g_e = d e_centre(e) / d r_e`` (an edge vector enters only its centre's energy), and the
+    gradient of the energy with respect to atom ``i``'s position is the sum of ``g_e`` over the
+    edges ending on ``i`` minus the sum over the edges centred on ``i``. With
+    ``edge_gradients`` the edge gradients on the edges centred on shared atoms are returned as
+    well, ``expert_edge_energy_gradient`` ``[num_edges, num_experts, 3]`` (zero on other
+    edges). For a frozen expert served by the per-frame cache (``cached``) that backward pass
+    reaches only the cache's zero-valued edge term, whose gradients are the cached ones.
+    ``moe.cotraining_edge_gradients`` asks for the edge gradients (every expert strictly local).
+
     Args:
         moe (MixtureOfExpertsEnergy): the energy module whose experts are evaluated
         data: graph with edge vectors and lengths
@@ -47,10 +59,15 @@ def shared_expert_outputs(
             (``MixtureOfExpertsEnergy.frozen_energies``; default none)
     """
     cached = {} if cached is None else cached
+    edge_gradients = bool(moe.cotraining_edge_gradients)
     pos = data[AtomicDataDict.POSITIONS_KEY]
+    vectors = data[AtomicDataDict.EDGE_VECTORS_KEY]
+    edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
+    # the edges centred on shared atoms
+    shared_edges = torch.index_select(shared, 0, edge_index[0]).unsqueeze(-1)
     num_frames = AtomicDataDict.num_frames(data)
     atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-    energies, forces, totals = [], [], []
+    energies, forces, totals, edge_grads = [], [], [], []
     for expert_idx, expert in enumerate(moe.experts.values()):
         known = torch.index_select(moe.expert_known_types[expert_idx], 0, atom_types)
         message = (
@@ -67,17 +84,29 @@ def shared_expert_outputs(
         energy = torch.where(exact.unsqueeze(-1), energy, 0.0)
         total = energy.sum()
         if pos.requires_grad:
+            # strictly local: through the edge vectors (the edge gradients on the way)
+            local = moe.expert_halo_hops[expert_idx] == 0
+            wrt = vectors if local else pos
             # a frozen expert's forces are fixed targets: no graph to differentiate them again
             trainable = any(p.requires_grad for p in expert.parameters())
             (grad,) = torch.autograd.grad(
                 [total],
-                [pos],
+                [wrt],
                 create_graph=moe.training and trainable,
                 retain_graph=True,
                 allow_unused=True,
             )
             if grad is None:  # no energy depends on positions (no edges)
-                grad = torch.zeros_like(pos)
+                grad = torch.zeros_like(wrt)
+            if local:
+                if edge_gradients:
+                    edge_grads.append(torch.where(shared_edges, grad, 0.0))
+                # d r_e / d r_neighbour = 1, d r_e / d r_centre = -1
+                grad = (
+                    torch.zeros_like(pos)
+                    .index_add(0, edge_index[1], grad)
+                    .index_add(0, edge_index[0], -grad)
+                )
             forces.append(torch.where(shared.unsqueeze(-1), -grad, 0.0))
         energies.append(torch.where(shared.unsqueeze(-1), energy, 0.0))
         if AtomicDataDict.BATCH_KEY in data:
@@ -92,7 +121,28 @@ def shared_expert_outputs(
     }
     if len(forces) > 0:
         out[EXPERT_FORCES_KEY] = torch.stack(forces, dim=1)
+    if edge_gradients and len(edge_grads) > 0:
+        out[EXPERT_EDGE_ENERGY_GRADIENT_KEY] = torch.stack(edge_grads, dim=1)
     return out
+
+
+def refuse_nonlocal_edge_gradients(expert_names: List[str], halo_hops: List[int]) -> None:
+    """Refuse edge-gradient outputs for an MoE with an expert that is not strictly local.
+
+    Args:
+        expert_names: the experts, in label order
+        halo_hops: each expert's halo shells (``0``: strictly local)
+    """
+    nonlocal_experts = [name for name, hops in zip(expert_names, halo_hops) if hops != 0]
+    if nonlocal_experts:
+        raise ValueError(
+            f"cotraining_edge_gradients needs strictly local experts, but {nonlocal_experts} "
+            "are not (message passing or unknown receptive field): an atom's energy then "
+            "depends on edges not centred on it, so there is no per-edge gradient of one "
+            "atom's energy to compare. Leave the edge-gradient agreement term and "
+            "`cotraining_edge_gradients` out, or declare an expert that is in fact strictly "
+            "local with `expert_locality: {name: local}`"
+        )
 
 
 def check_cotraining_neighbours(

@@ -14,7 +14,9 @@ cached energies plus the zero-valued term ``sum_e g_e . (r_e - detach(r_e))`` sc
 centres, with ``r_e`` the edge vectors the model computes from the (strained) positions and
 cell, carry exactly the expert's first derivatives with respect to positions and strain. A
 frozen expert has no second derivatives that training needs (none with respect to trainable
-parameters), so every force, stress and agreement term comes out as with the expert evaluated.
+parameters), so every force, stress and agreement term comes out as with the expert evaluated;
+the co-training edge gradients (``expert_edge_energy_gradient``, a gradient with respect to
+``r_e``) are then the cached ``g_e`` themselves.
 """
 
 import hashlib

@@ -21,10 +21,12 @@ from nequip_moe._keys import (
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
+    EXPERT_EDGE_ENERGY_GRADIENT_KEY,
     EXPERT_R_MAX_KEY,
     EXPERT_HALO_HOPS_KEY,
 )
 from nequip_moe.nn.cotraining import check_cotraining_neighbours, shared_expert_outputs
+from nequip_moe.nn.cotraining import refuse_nonlocal_edge_gradients
 from nequip_moe.nn.frozen_cache import FrozenExpertCache
 from nequip_moe.nn.routing import (
     edges_in_range,
@@ -85,9 +87,11 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
     disagreement would otherwise act as a force) and the module outputs each expert's per-atom
     energies ``[num_atoms, num_experts]``, whole-frame forces ``[num_atoms, num_experts, 3]``
     and frame energies ``[num_frames, num_experts]`` there (``expert_atomic_energy``,
-    ``expert_forces``, ``expert_total_energy``). The first such input is checked to carry
-    every edge this needs (the co-training cutoffs, :meth:`neighbor_cutoffs`). Deployed models
-    never receive ``shared``, so this costs nothing at inference.
+    ``expert_forces``, ``expert_total_energy``; with ``cotraining_edge_gradients``, strictly
+    local experts' edge gradients ``expert_edge_energy_gradient`` ``[num_edges, num_experts,
+    3]``). The first such input is checked to carry every edge this needs (the co-training
+    cutoffs, :meth:`neighbor_cutoffs`). Deployed models never receive ``shared``, so this costs
+    nothing at inference.
 
     Frozen experts (no parameter that requires grad) that are strictly local are computed once
     per training frame (``frozen_expert_cache``, :mod:`.frozen_cache`): in eager training their
@@ -111,6 +115,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         dense (bool): evaluate every expert on every edge (default ``False``)
         gate (GraphModuleMixin): module writing the per-atom gate ``moe_gate`` ``[num_atoms, 1]`` from the graph, with a ``neighbor_cutoffs()`` method giving the edges it reads (e.g. :class:`~nequip_moe.nn.AdsorbateCoordinationGate`); needs exactly two experts, high-fidelity first (default ``None``: static regions)
         frozen_expert_cache (bool): compute frozen, strictly local experts once per training frame (default ``True``)
+        cotraining_edge_gradients (bool): also output each expert's gradient of its centre atom's energy with respect to every edge vector centred on a shared atom, for ``ExpertAgreement(field: edge_energy_gradient)``; every expert must be strictly local (default ``False``)
     """
 
     dense: bool
@@ -126,6 +131,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         dense: bool = False,
         gate: Optional[GraphModuleMixin] = None,
         frozen_expert_cache: bool = True,
+        cotraining_edge_gradients: bool = False,
         irreps_in=None,
     ):
         super().__init__()
@@ -155,6 +161,9 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
         self.frozen_expert_cache = frozen_expert_cache
         self._frozen = FrozenExpertCache()
         self.expert_halo_hops = [int(s.halo_hops) for s in specs]
+        if cotraining_edge_gradients:
+            refuse_nonlocal_edge_gradients(names, self.expert_halo_hops)
+        self.cotraining_edge_gradients = cotraining_edge_gradients
         self._type_metadata = dict(type_metadata)
         self._expert_r_max = [float(s.r_max) for s in specs]
 
@@ -218,6 +227,7 @@ class MixtureOfExpertsEnergy(GraphModuleMixin, torch.nn.Module):
                 EXPERT_ATOMIC_ENERGY_KEY: f"{num_experts}x0e",
                 # [num_atoms, num_experts, 3]: a 1o vector per expert (rotates in its last dim)
                 EXPERT_FORCES_KEY: "1o",
+                EXPERT_EDGE_ENERGY_GRADIENT_KEY: "1o",  # [num_edges, num_experts, 3]: likewise
                 EXPERT_TOTAL_ENERGY_KEY: f"{num_experts}x0e",
             },
         )

@@ -9,10 +9,10 @@ code (torch, nequip, ase's readers) only inside the function that runs the comma
 import argparse
 import sys
 
-from . import assign, bench, check_lammps, deploy, types, validate
+from . import assign, bench, check_lammps, deploy, distil, types, validate
 
 # in the order `--help` lists them
-_SUBCOMMANDS = (types, assign, deploy, check_lammps, validate, bench)
+_SUBCOMMANDS = (types, assign, distil, deploy, check_lammps, validate, bench)
 
 
 def main(args=None) -> int:

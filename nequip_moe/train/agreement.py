@@ -18,25 +18,31 @@ from nequip.train.metrics import MeanAbsoluteError, MeanSquaredError
 from nequip_moe._keys import (
     ATOM_EXPERT_KEY,
     EXPERT_ATOMIC_ENERGY_KEY,
+    EXPERT_EDGE_ENERGY_GRADIENT_KEY,
     EXPERT_FORCES_KEY,
     EXPERT_TOTAL_ENERGY_KEY,
     SHARED_KEY,
 )
 
+EDGE_ENERGY_GRADIENT = "edge_energy_gradient"
 # quantity name in configs -> per-expert output field
 _EXPERT_FIELDS = {
     AtomicDataDict.PER_ATOM_ENERGY_KEY: EXPERT_ATOMIC_ENERGY_KEY,
     AtomicDataDict.FORCE_KEY: EXPERT_FORCES_KEY,
     AtomicDataDict.TOTAL_ENERGY_KEY: EXPERT_TOTAL_ENERGY_KEY,
+    EDGE_ENERGY_GRADIENT: EXPERT_EDGE_ENERGY_GRADIENT_KEY,
 }
 
 
 def _expert_field(data: AtomicDataDict.Type, field: str) -> torch.Tensor:
     if field not in data:
+        option = ""
+        if field == EXPERT_EDGE_ENERGY_GRADIENT_KEY and SHARED_KEY in data:
+            option = " built with `cotraining_edge_gradients: true` (strictly local experts)"
         raise KeyError(
             f"model output has no `{field}`: per-expert outputs need the per-atom `{SHARED_KEY}` "
             "field in the data (add nequip_moe.data.SharedEnvironments to the transforms) and "
-            "an MoE model"
+            f"an MoE model{option}"
         )
     return data[field]
 
@@ -60,19 +66,26 @@ def _whole_shared_frames(data: AtomicDataDict.Type) -> Tuple[torch.Tensor, torch
 
 
 class ExpertAgreement(BaseModifier):
-    """Pairs of expert predictions on shared atoms, whose mean squared (or absolute) difference is
-    the agreement term.
+    """Pairs of expert predictions on shared atoms (or their edges), whose mean squared (or
+    absolute) difference is the agreement term.
 
     With ``field: atomic_energy`` it compares per-atom energies; with ``field: forces`` each
     expert's whole-frame forces; with ``field: total_energy`` each expert's frame energy per
     atom, on the frames whose atoms are all shared (e.g. strained bulk frames): the energy that
     an equation of state is fitted to, without asking the experts to split it into the same
-    per-atom energies (experts with different cutoffs cannot). Pairs are all pairs of
-    experts, or each expert against ``reference``. With a frozen expert as ``reference`` the
-    term distils it into the others on the shared atoms.
+    per-atom energies (experts with different cutoffs cannot). With
+    ``field: edge_energy_gradient`` (MoEModel ``cotraining_edge_gradients: true``, strictly
+    local experts) it compares, on every edge ``e`` centred on a shared atom, the gradient
+    ``g_e = d e_centre(e) / d r_e`` of the centre's energy with respect to the edge vector: if
+    the experts agree on it, an MoE split of those environments between them has no interface
+    force for any cut (giving region ``B`` to expert ``b`` instead of ``a`` adds the force
+    ``dF_i = -sum_{e centred in B} (g_e^b - g_e^a) . d r_e / d r_i``), and their whole-frame
+    forces and stress agree (forces, frame energies and single cuts only constrain sums of
+    these). Pairs are all pairs of experts, or each expert against ``reference``. With a
+    frozen expert as ``reference`` the term distils it into the others on the shared atoms.
 
     Args:
-        field (str): ``atomic_energy``, ``forces`` or ``total_energy``
+        field (str): ``atomic_energy``, ``forces``, ``total_energy`` or ``edge_energy_gradient``
         experts (Sequence[str]): expert names in label order (the keys of the model's ``experts``)
         reference (str): compare every other expert to this one instead of all pairs (default ``None``)
     """
@@ -115,6 +128,9 @@ class ExpertAgreement(BaseModifier):
             # per-atom frame energies of the frames whose atoms are all shared
             whole, num_atoms = _whole_shared_frames(preds)
             values = (values / num_atoms.to(values.dtype).unsqueeze(-1))[whole]
+        elif self.quantity == EDGE_ENERGY_GRADIENT:
+            centres = preds[AtomicDataDict.EDGE_INDEX_KEY][0]
+            values = values[torch.index_select(_shared_mask(preds), 0, centres)]
         else:
             values = values[_shared_mask(preds)]
         first = torch.cat([values[:, a] for a, _ in self.pairs], dim=0)
