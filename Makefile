@@ -31,7 +31,7 @@ example-venv: $(VENV)/.installed-example
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# the Pt + CO main job (examples/pt_co/README.md: its time on 2 idle cores); OMP_NUM_THREADS
+# the Pt + CO main job (examples/pt_co/README.md: the reference run and its time); OMP_NUM_THREADS
 # is the thread budget of the whole run (default: the CPUs); e.g. EXAMPLE_ARGS="--labeller emt"
 # or "--full". A rerun skips the jobs whose inputs did not change.
 example: example-venv
