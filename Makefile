@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 EXAMPLE_ARGS ?=
 
-.PHONY: venv example-venv test example example-fe_h clean
+.PHONY: venv example-venv test example example-readme example-fe_h clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,16 @@ example-venv: $(VENV)/.installed-example
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# the Pt + CO main job, 24 minutes measured on 2 idle CPU cores (examples/pt_co/README.md);
-# e.g. EXAMPLE_ARGS="--labeller emt" or "--full"
+# the Pt + CO main job (examples/pt_co/README.md: the reference run and its time); OMP_NUM_THREADS
+# is the thread budget of the whole run (default: the CPUs); e.g. EXAMPLE_ARGS="--labeller emt"
+# or "--full". A rerun skips the jobs whose inputs did not change.
 example: example-venv
 	$(PY) examples/pt_co/run.py $(EXAMPLE_ARGS)
+
+# after a reference run: its report.json and timings.json into examples/pt_co/reference/ and
+# the README's results block rendered from them
+example-readme:
+	$(PY) examples/pt_co/readme.py --from examples/pt_co/out
 
 # the second example, bcc Fe with H, by the generic commands (examples/fe_h/README.md); at
 # most 15 minutes on 2 cores

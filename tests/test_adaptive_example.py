@@ -4,6 +4,9 @@ a closed loop through the blend zone, energy-conserving NVE), force mixing of th
 experts with the same gate is not, and the static labels used for comparison are the gate's
 ``g >= 0.5`` region."""
 
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -15,24 +18,20 @@ from nequip.integrations.ase import NequIPCalculator
 
 from nequip_moe.nn import AdsorbateCoordinationGate
 
-from adaptive import (
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "pt_co"))
+from adaptive import _claims  # noqa: E402
+from adaptive_models import (  # noqa: E402
     FOLLOWING_GATE,
     ForceMixingCalculator,
-    _claims,
-    adaptive_markdown,
-    co_on_pt111,
-    energy_stats,
     gate_values,
     model_calculator,
     moe_model,
-    nve_runs,
-    nve_start,
-    plot_nve,
-    run_nve,
     static_labels,
 )
-from test_moe_model import float64, standalone_expert  # noqa: F401  (module-wide float64)
-from test_moe_nequip_mixins import allegro_expert
+from adaptive_nve import co_on_pt111, energy_stats, nve_runs, nve_start, run_nve  # noqa: E402
+from adaptive_render import adaptive_markdown, plot_nve  # noqa: E402
+from test_moe_model import float64, standalone_expert  # noqa: E402,F401  (module-wide float64)
+from test_moe_nequip_mixins import allegro_expert  # noqa: E402
 
 ELEMENTS = ["C", "O", "Pt"]
 R_MAX = 4.0

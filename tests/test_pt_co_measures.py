@@ -330,3 +330,80 @@ def test_response_beyond_cutoff_vanishes_at_the_model_cutoff(tiny_allegro_calc):
         tiny_allegro_calc, structures.PT_A0, 5.0, strains, repeat=(2, 2, 4))
     assert short["rows"][0]["max_force_mev_per_a"] > 1e-3
     assert full["worst_max_force_mev_per_a"] == 0.0
+
+
+def _split_report(worst: dict) -> dict:
+    """A report whose split crystal gives each model ``worst`` max |F| (meV/A)."""
+    seeds = {"moe": ["moe", "moe_s2", "moe_s3"],
+             "moe_noagree": ["moe_noagree", "moe_noagree_s2", "moe_noagree_s3"]}
+    models = {name: name for members in seeds.values() for name in members}
+    errors = {name: {"forces_mae_mev_per_a": {}, "energy_mae_mev_per_atom": {}}
+              for name in models}
+    split = {"strains": [0.0], "models": {
+        name: {"worst_max_force_mev_per_a": value, "rows": []} for name, value in worst.items()}}
+    return {"models": models, "errors": errors, "split_crystal": split, "seeds": seeds,
+            "without_agreement": {"moe": "moe_noagree"}, "notes": {}}
+
+
+def test_consistency_claims_are_judged_on_the_worst_seed():
+    """One seed over the bound fails the claim, whose value is that seed's and whose detail
+    names every seed; each seed is compared with the same seed of the control."""
+    from claims import family_claims, margin
+
+    bound = THRESHOLDS["split_max_force_mev_per_a"]
+    worst = {"moe": 10.0, "moe_s2": 12.0, "moe_s3": bound + 1.0,
+             "moe_noagree": 100.0, "moe_noagree_s2": 100.0, "moe_noagree_s3": 30.0}
+    claims = {c["key"]: c for c in family_claims(_split_report(worst), _split_report(worst)
+                                                 ["seeds"]["moe"])}
+    split = claims["split_max_force"]
+    assert not split["holds"] and split["value"] == bound + 1.0
+    assert split["seeds"] == {"moe": 10.0, "moe_s2": 12.0, "moe_s3": bound + 1.0}
+    assert all(name in split["detail"] for name in ("moe_s2", "moe_s3"))
+    improvement = claims["split_improvement"]  # seed 3: 30 / 21, the smallest factor
+    assert improvement["value"] == pytest.approx(30.0 / (bound + 1.0))
+    assert not improvement["holds"] and margin(improvement) > 1.0
+    # every seed within the bounds: the claims hold, at the worst seed's value
+    worst.update(moe_s3=15.0, moe_noagree_s3=90.0)
+    claims = {c["key"]: c for c in family_claims(_split_report(worst), ["moe", "moe_s2",
+                                                                         "moe_s3"])}
+    assert claims["split_max_force"]["holds"] and claims["split_max_force"]["value"] == 15.0
+    assert claims["split_improvement"]["value"] == pytest.approx(90.0 / 15.0)
+
+
+def test_bulk_terminated_bottom_keeps_the_top_surfaces_region():
+    """The remedy for slabs: the bottom surface is not core (no big-expert Pt in the lower
+    half beyond the top's buffer), the top half is labelled as by the example's rules."""
+    import production
+
+    slab = structures.pt111_slab((4, 4, 10), vacuum=8.0)
+    structures.add_co(slab, "ontop", (1, 1))
+    slab.pbc = True
+    rules = example_data.label_experts(slab, 4.5)
+    remedy = production.bulk_bottom_labels(slab, 4.5)
+    z = slab.positions[:, 2]
+    is_pt = slab.numbers == 78
+    middle = 0.5 * (z[is_pt].min() + z[is_pt].max())
+    lower = is_pt & (z < middle)
+    assert (rules[lower] == 0).any() and (remedy[lower] == 1).all()
+    np.testing.assert_array_equal(remedy[~lower], rules[~lower])
+    assert (remedy[~is_pt] == 0).all()
+
+
+def test_production_claim_needs_speed_and_efficiency():
+    import production
+
+    def section(speedup, ideal):
+        run = {"speedup": speedup, "efficiency": speedup / ideal, "all_big_s_per_step": 1.0,
+               "moe_s_per_step": 1.0 / speedup, "cpu_speedup": speedup,
+               "load_average": {"all_big": [1.0], "moe": [1.0]}}
+        row = {"atoms": 5346, "hf_fraction": 0.2, "ideal_speedup": ideal,
+               "lower_half_hf_fraction": 0.1, "runs": {"1": run, "2": run}}
+        return {"systems": {"slab": row, "slab (bulk-terminated bottom)": row},
+                "cost_ratio_small_over_big": 0.05, "cost_weights": {"big": 20.0, "small": 1.0},
+                "steps": 3, "warmup_steps": 1}
+
+    for speedup, ideal, holds in ((2.5, 2.8, True), (1.9, 2.0, False), (2.1, 3.0, False)):
+        claims = production.production_claims(section(speedup, ideal))
+        assert len(claims) == 2 and all(c["holds"] == holds for c in claims)
+    text = "\n".join(production.production_markdown(section(2.5, 2.8)))
+    assert "10.0 % of its atoms" in text and "| slab | 5346 |" in text

@@ -4,7 +4,7 @@ Builds (with ``structures.py``) bulk fcc Pt (equation of state, strained and rat
 cells with vacancies), Pt(111) slabs (thin and thick) with CO at several coverages and sites,
 stepped Pt(211) and Pt(331) slabs with CO, Pt nanoparticles (cuboctahedra and truncated
 octahedra) with 0-8 CO on top, bridge and hollow sites, CO desorption, gas-phase CO and short
-Langevin MD snapshots, each frame tagged with its ``kind`` and built at the labeller's own
+Langevin MD snapshots (whole trajectories in one split), each frame tagged with its ``kind`` and built at the labeller's own
 fcc Pt lattice constant (fitted first); labels them with energy, forces and stress from an
 offline calculator (``emt`` or ``sevenn``); gives every atom an expert label
 (0 = big, 1 = small) with the ``pt_co_coordination`` region preset (the *core*: C, O, Pt
@@ -13,6 +13,9 @@ bonded to them and under-coordinated Pt, plus a buffer of ``buffer_width`` A); a
 ``eos.xyz``. Run alone with::
 
     python examples/pt_co/data.py --out examples/pt_co/out/data [--labeller sevenn]
+
+The labeller runs in one process of one thread per thread of the budget (``OMP_NUM_THREADS``,
+else the CPUs: ``threads.py``).
 """
 
 import argparse
@@ -23,10 +26,12 @@ import time
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
+import threads  # noqa: F401  (first: OpenMP's wait policy before torch starts)
 import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
+from labelling import LabelPool, labeller_lattice_constant, make_labeller  # noqa: F401
 from nequip_moe.data.regions import assign_experts, pt_co_coordination
 from structures import (
     PARTICLES,
@@ -34,6 +39,7 @@ from structures import (
     SMALL_PARTICLES,
     attach_labels,
     bulk_columns,
+    EOS_SCALES,
     bulk_eos,
     bulk_eos_heldout,
     bulk_strained,
@@ -42,9 +48,8 @@ from structures import (
     desorption,
     gas_co,
     large_slabs_with_co,
-    md_snapshots,
     nanoparticles,
-    pt_bulk,
+    pt_bulk,  # noqa: F401  (the tests' and users' bulk cells)
     quarter_monolayer,
     slabs_with_co,
     stepped_with_co,
@@ -55,6 +60,7 @@ from structures import (
 ELEMENTS = ("C", "O", "Pt")
 SPLITS = ("train", "val", "test")
 BULK_KINDS = ("bulk", "eos", "vacancy")  # frame kinds (prefixes) without a surface
+MD_SNAPSHOTS_PER_TRAJECTORY = 3
 
 
 @dataclasses.dataclass
@@ -62,8 +68,9 @@ class FrameCounts:
     """Number of frames of each kind (a small recipe covering bulk, surfaces, CO and MD).
 
     Args:
-        bulk_eos: 2x2x2 conventional fcc cells at a = a0 x [0.94 .. 1.06]
-        bulk_strained: bulk cells with isotropic strain <= 4 % plus symmetric strain <= 2 %
+        bulk_eos: 2x2x2 conventional fcc cells at a = a0 x [0.97 .. 1.03] (the held-out
+            EOS set reaches 0.96 .. 1.04)
+        bulk_strained: bulk cells with isotropic strain <= 2 % plus symmetric strain <= 1 %
             per component, rattle 0.02-0.1 A
         clean_slab: Pt(111) 3x3x4 slabs, rattled
         slab_co: 3x3x4 slabs with 1-4 CO on top/bridge/fcc/hcp, tilted <= 15 deg
@@ -71,7 +78,8 @@ class FrameCounts:
         large_slab_co: 4x4x4 slabs with 4-8 CO
         desorption: one CO atop at 1.6-6.0 A height
         gas_co: one CO molecule in a 12 A box, C-O 1.03-1.35 A
-        md: Langevin snapshots of a CO-covered slab, run with the labeller itself
+        md: Langevin snapshots of CO-covered slabs, run with the labeller itself, in
+            trajectories of at most ``MD_SNAPSHOTS_PER_TRAJECTORY`` (each in one split)
         nanoparticle: Pt cuboctahedra and truncated octahedra with 0-8 CO (top, bridge,
             hollow); 38-79 atoms, up to 147 with ``large_particles``
         stepped: Pt(211) (36 atoms) and Pt(331) (40 atoms) slabs with 0-4 CO
@@ -173,65 +181,12 @@ def mark_shared(atoms: Atoms) -> np.ndarray:
     return (is_bulk & ~core_atoms(atoms)).astype(np.int64)
 
 
-# ---------------------------------------------------------------- labelling
-
-
-def make_labeller(name: str):
-    """The reference calculator: ``emt`` (ASE, fast, unphysical for CO) or ``sevenn``.
-
-    Args:
-        name: ``emt`` or ``sevenn`` (SevenNet ``7net-mf-0``, PBE modal, CPU)
-    """
-    if name == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT()
-    if name == "sevenn":
-        try:
-            from sevenn.calculator import SevenNetCalculator
-        except ImportError as e:
-            raise RuntimeError(
-                "the `sevenn` labeller needs SevenNet: install torch==2.13.0 first, then "
-                "`pip install sevenn==0.13.0` (weights ship in the wheel)"
-            ) from e
-        return SevenNetCalculator("7net-mf-0", modal="PBE", device="cpu")
-    raise ValueError(f"unknown labeller `{name}`: use `emt` or `sevenn`")
-
-
-def labeller_lattice_constant(calc, guess: float = PT_A0) -> float:
-    """The fcc Pt lattice constant (A) of ``calc``: a Birch-Murnaghan fit to single points of
-    the 4-atom cubic cell at ``guess`` x 0.96-1.04. The data stage builds every structure at it,
-    so that the frames sample the labeller's own equilibrium (SevenNet's PBE a0 is 1.5 % above
-    EMT's).
-
-    Args:
-        calc: the labeller (ASE calculator)
-        guess: centre of the lattice constants tried (A)
-    """
-    from ase.eos import EquationOfState
-
-    cells = [pt_bulk(guess * s, repeat=1) for s in np.linspace(0.96, 1.04, 9)]
-    energies = [a.get_potential_energy() for a in attach_labels(cells, calc)]
-    volumes = [a.get_volume() for a in cells]
-    v0, _, _ = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
-    a0 = float(v0 ** (1.0 / 3.0))
-    if not 0.96 * guess < a0 < 1.04 * guess:
-        raise ValueError(
-            f"the labeller's fcc Pt lattice constant {a0:.3f} A lies outside the range it was "
-            f"fitted on ({0.96 * guess:.3f}-{1.04 * guess:.3f} A): is it a Pt potential?"
-        )
-    return a0
-
-
 # ---------------------------------------------------------------- dataset
 
 
-def build_frames(
-    counts: FrameCounts, calc, seed: int = 0, buffer_width: float = DEFAULT_BUFFER_WIDTH,
-    a0: float = PT_A0,
-) -> List[Atoms]:
-    """All structures of the recipe at lattice constant ``a0``, labelled by ``calc`` and with
-    expert labels."""
+def build_structures(counts: FrameCounts, seed: int = 0, a0: float = PT_A0) -> List[Atoms]:
+    """Every structure of the recipe but the MD snapshots, at lattice constant ``a0``,
+    unlabelled."""
     rng = np.random.default_rng(seed)
     builders: Dict[str, Callable] = {
         "bulk_eos": bulk_eos,
@@ -250,8 +205,26 @@ def build_frames(
     frames = []
     for name, builder in builders.items():
         frames += builder(getattr(counts, name), rng, a0=a0)
-    frames = attach_labels(frames, calc)
-    frames += attach_labels(md_snapshots(counts.md, rng, calc, a0=a0), calc)
+    return frames
+
+
+def trajectory_lengths(snapshots: int) -> List[int]:
+    """Snapshots of each MD trajectory: ``snapshots`` spread over trajectories of at most
+    ``MD_SNAPSHOTS_PER_TRAJECTORY`` (a whole trajectory goes to one split)."""
+    count = -(-snapshots // MD_SNAPSHOTS_PER_TRAJECTORY)
+    return [snapshots // count + (k < snapshots % count) for k in range(count)]
+
+
+def build_frames(
+    counts: FrameCounts, pool: LabelPool, seed: int = 0,
+    buffer_width: float = DEFAULT_BUFFER_WIDTH, a0: float = PT_A0,
+) -> List[Atoms]:
+    """All frames of the recipe at lattice constant ``a0``, labelled by ``pool`` and with
+    expert labels; the MD snapshots come from ``trajectory_lengths(counts.md)`` trajectories
+    (``info["trajectory"]``)."""
+    frames = pool.label(build_structures(counts, seed, a0))
+    for trajectory in pool.trajectories(trajectory_lengths(counts.md), seed, a0):
+        frames += trajectory
     return add_region_arrays(frames, buffer_width)
 
 
@@ -269,19 +242,37 @@ def add_region_arrays(
 def split_by_kind(
     frames: List[Atoms], seed: int = 0, val: float = 0.1, test: float = 0.15
 ) -> Dict[str, List[Atoms]]:
-    """Split every kind of frame into train/val/test; kinds with >= 3 frames reach all three."""
+    """Split every kind of frame into train/val/test; kinds with >= 3 units reach all three.
+
+    A unit is one frame, or every frame of one MD trajectory (``info["trajectory"]``): the
+    snapshots of a trajectory are 20 fs apart, so one in training and the next in the test
+    split would test on what was trained.
+    """
     rng = np.random.default_rng(seed)
     splits = {name: [] for name in SPLITS}
     kinds = dict.fromkeys(a.info["kind"] for a in frames)
     for kind in kinds:
-        members = [a for a in frames if a.info["kind"] == kind]
-        order = rng.permutation(len(members))
-        n_test = max(1, round(test * len(members))) if len(members) >= 3 else 0
-        n_val = max(1, round(val * len(members))) if len(members) >= 3 else 0
-        splits["test"] += [members[i] for i in order[:n_test]]
-        splits["val"] += [members[i] for i in order[n_test : n_test + n_val]]
-        splits["train"] += [members[i] for i in order[n_test + n_val :]]
+        units: Dict = {}
+        for index, atoms in enumerate(frames):
+            if atoms.info["kind"] == kind:
+                units.setdefault(atoms.info.get("trajectory", f"frame {index}"), []).append(atoms)
+        units = list(units.values())
+        order = rng.permutation(len(units))
+        n_test = max(1, round(test * len(units))) if len(units) >= 3 else 0
+        n_val = max(1, round(val * len(units))) if len(units) >= 3 else 0
+        for name, chosen in (("test", order[:n_test]), ("val", order[n_test : n_test + n_val]),
+                             ("train", order[n_test + n_val :])):
+            splits[name] += [atoms for i in chosen for atoms in units[i]]
     return splits
+
+
+def bulk_strain_range(frames: Sequence[Atoms], a0: float) -> List[float]:
+    """Smallest and largest linear strain ``(V / V0)^(1/3) - 1`` of the bulk frames
+    (``bulk_eos``, ``bulk_strained``) against fcc Pt at ``a0``: the volumes trained on."""
+    v0 = a0**3 / 4.0
+    strains = [(a.get_volume() / len(a) / v0) ** (1.0 / 3.0) - 1.0 for a in frames
+               if a.info.get("kind") in ("bulk_eos", "bulk_strained")]
+    return [float(min(strains)), float(max(strains))] if strains else []
 
 
 def write_dataset(
@@ -320,7 +311,7 @@ def write_dataset(
 
 def make_dataset(
     out_dir, counts: FrameCounts, labeller: str = "emt", seed: int = 0,
-    buffer_width: float = DEFAULT_BUFFER_WIDTH,
+    buffer_width: float = DEFAULT_BUFFER_WIDTH, workers: int = 1,
 ) -> Dict:
     """The whole data stage: fit the labeller's lattice constant, build the structures at it,
     label, split and write the example's data.
@@ -331,14 +322,18 @@ def make_dataset(
         labeller: ``emt`` or ``sevenn``
         seed: seed of every random choice
         buffer_width: buffer (A) of big-expert atoms around the core (``label_experts``)
+        workers: labelling processes of one thread each (``labelling.LabelPool``)
     """
-    calc = make_labeller(labeller)
-    a0 = labeller_lattice_constant(calc)
-    frames = build_frames(counts, calc, seed, buffer_width, a0)
-    eos = add_region_arrays(attach_labels(bulk_eos_heldout(a0=a0), calc), buffer_width)
+    with LabelPool(labeller, workers) as pool:
+        a0 = pool.lattice_constant()
+        frames = build_frames(counts, pool, seed, buffer_width, a0)
+        eos = add_region_arrays(pool.label(bulk_eos_heldout(a0=a0)), buffer_width)
+    splits = split_by_kind(frames, seed)
     return write_dataset(
-        out_dir, split_by_kind(frames, seed), eos,
-        notes={"labeller": labeller, "buffer_width": buffer_width, "a0": a0},
+        out_dir, splits, eos,
+        notes={"labeller": labeller, "buffer_width": buffer_width, "a0": a0,
+               "train_bulk_strain": bulk_strain_range(splits["train"], a0),
+               "eos_strains": [float(s - 1.0) for s in EOS_SCALES]},
     )
 
 
@@ -446,7 +441,7 @@ def main(args=None):
     args = parser.parse_args(args)
     start = time.perf_counter()
     summary = make_dataset(args.out, FrameCounts().scaled(args.scale), args.labeller, args.seed,
-                           args.buffer_width)
+                           args.buffer_width, workers=threads.thread_budget())
     print(json.dumps(summary, indent=2))
     print(f"data written to {args.out} in {time.perf_counter() - start:.1f} s")
 

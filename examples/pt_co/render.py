@@ -178,14 +178,6 @@ def summary_rows(report: Dict) -> List[List[str]]:
 SUMMARY_HEADER = ("model", "E MAE meV/atom", "F MAE meV/A", "F MAE core", "NVE drift meV/atom/ps")
 
 
-def _threshold(value) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_threshold(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_threshold(v) for v in value) + "]"
-    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
-
-
 def markdown(report: Dict, figures: Sequence[str], extra: Optional[Sequence[str]] = None) -> str:
     """``report.md``: the claims, every table of the report and the figures; ``extra``
     markdown sections (the gated MoE's) go before the figures."""
@@ -245,6 +237,12 @@ def markdown(report: Dict, figures: Sequence[str], extra: Optional[Sequence[str]
         lines += ["", "In bulk every atom is on the small expert, so an MoE's bulk equation of "
                   "state is its small expert's; the big expert's is what the interface pulls "
                   "towards.", ""]
+        outside = report["eos"].get("outside_training") or []
+        if any(outside):
+            volumes = [f"{v:.2f}" for v, out in zip(report["eos"]["volumes"], outside) if out]
+            lines += [f"Held-out volumes beyond the bulk volumes trained on (data summary's "
+                      f"`train_bulk_strain` {report['data'].get('train_bulk_strain')}): "
+                      f"{', '.join(volumes)} A^3/atom of {len(outside)}.", ""]
     lines += interface_lines(report)
     lines += buffer_lines(report)
 
@@ -342,7 +340,11 @@ def interface_lines(report: Dict) -> List[str]:
                  *(f"{r['max_force_mev_per_a']:.1f} / {r['rms_force_mev_per_a']:.1f}"
                    for r in m["rows"])]
                 for n, m in split["models"].items()]
-        lines += _table(["model", *(f"{100 * s:+.0f} %" for s in strains)], rows) + [""]
+        outside = split.get("outside_training") or [False] * len(strains)
+        lines += _table(["model", *(f"{100 * s:+.0f} %{' *' if out else ''}"
+                                    for s, out in zip(strains, outside))], rows) + [""]
+        if any(outside):
+            lines += ["\\* beyond the bulk strains trained on.", ""]
         beyond = split.get("beyond_small_cutoff")
         if beyond:
             lines += [f"The big expert's per-atom energies of the small half respond to "

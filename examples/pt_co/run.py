@@ -1,30 +1,31 @@
 """The Pt + CO Mixture-of-Experts example end to end (``make example``).
 
-Stages, each skipped when its outputs exist (``--force`` reruns them):
+Jobs (``pipeline.py``: each skipped when its outputs exist and its inputs are unchanged,
+rerun when an option, a config file or an upstream output changed; independent jobs side by
+side within the thread budget, ``threads.py``):
 
 1. data: ``data.py`` writes labelled frames with expert labels to ``out/data/``
-2. train: ``nequip-train -cn CONFIG`` -> ``out/train/NAME/``, for each model in order:
-   ``big`` (all-big, ``pt_co_big``), ``small`` (all-small, ``pt_co_small``), then the staged
-   MoEs, whose frozen big expert is the packaged all-big model and whose small expert starts
-   from the trained all-small model: ``moe`` (``pt_co_staged``, with
-   the agreement terms: the default MoE) and ``moe_noagree`` (``pt_co_staged_noagree``: the
-   same without agreement terms); with ``--joint`` also ``moe_joint`` (``pt_co_cotrain``: both
-   experts trained jointly from scratch, co-trained). A distil stage before ``moe`` writes
-   ``out/data/train_distilled.xyz`` (the training split with the packaged all-big model's
-   labels on its bulk frames, plus N cubic (``--distil``, default 40) and M long
-   (``--columns``, default 0) bulk cells it labels: ``data.distilled_frames``) and ``moe``
-   trains on it
-3. package: ``nequip-package build`` -> ``out/models/NAME.nequip.zip`` (right after each
-   training: the staged MoEs need ``big.nequip.zip``)
-4. compile: ``nequip-compile --mode aotinductor --target ase | pair_allegro``, only the files
-   the report uses -> ``out/models/NAME.TARGET.nequip.pt2``
-5. report: ``report.py`` -> ``out/report.md``, ``out/report.json`` and PNGs
+2. train, package, compile, per model: ``nequip-train -cn CONFIG`` -> ``out/train/NAME/``,
+   ``nequip-package build`` -> ``out/models/NAME.nequip.zip``, ``nequip-compile`` ->
+   ``out/models/NAME.TARGET.nequip.pt2``. ``big`` (all-big, ``pt_co_big``) and ``small``
+   (all-small, ``pt_co_small``) first, side by side; then the staged MoEs, whose frozen big
+   expert is the packaged all-big model and whose small expert starts from the trained
+   all-small model, ``moe`` (``pt_co_staged``, co-trained) and ``moe_noagree``
+   (``pt_co_staged_noagree``, no agreement terms), each with ``--seeds`` training seeds
+   (``moe``, ``moe_s2``, ``moe_s3``, ...), all on the training split distilled by all-big
+   (``distil``: ``out/data/train_distilled.xyz``); with ``--joint`` also ``moe_joint``
+3. bench: ``nequip-moe bench`` of the compiled MoE and its experts alone (``c``, the cost
+   weights) -> ``out/models/bench.json``; deploy: ``nequip-moe deploy`` of the MoE
+   (``pair_allegro``, its LAMMPS input balanced with those cost weights) and of the gated
+   MoE of all-big and all-small (``out/models/gated.*``)
+4. report: ``report.py`` -> ``out/report.md``, ``out/report.json`` and PNGs
 
 Every training run is bounded by its number of epochs (never by wall clock) and seeded, so
-runs on differently loaded machines train the same models. The default sizes took 24
-minutes on an idle 2-core machine (README.md); ``--full`` (or the environment variable ``PT_CO_FULL=1``)
-trains at realistic sizes, meant for a GPU.
+runs on differently loaded machines train the same models. ``--full`` (or the environment
+variable ``PT_CO_FULL=1``) trains at realistic sizes, meant for a GPU.
 """
+
+import threads  # noqa: F401,I001  (first: OpenMP's wait policy before torch starts)
 
 import argparse
 import dataclasses
@@ -32,23 +33,21 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
-import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-from ase.io import read, write
-from nequip.ase import NequIPCalculator
+import yaml
 
 import data
-from measures import ReportModel
-from render import SUMMARY_HEADER, summary_rows
-from report import make_report
+from pipeline import Job, Pipeline
 
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parent
 CONFIG_DIR = EXAMPLE_DIR.parents[1] / "configs"
-BIN_DIR = pathlib.Path(sys.executable).parent
+# the example's own code each job's outputs depend on (its digest is an input)
+DATA_CODE = ("data.py", "structures.py", "labelling.py")
+REPORT_CODE = ("report.py", "measures.py", "claims.py", "render.py", "adaptive.py",
+               "adaptive_models.py", "adaptive_nve.py", "adaptive_measures.py",
+               "adaptive_render.py", "production.py", "structures.py", "data.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +58,14 @@ class Sizes:
     Args:
         frame_scale: multiplies every count of ``data.FrameCounts``
         epochs: epochs of each model's training run, by model name (a model not named:
-            its config's ``max_epochs``)
+            its config's ``max_epochs``); seeds of a model train as long as it
         nve_steps: steps of each NVE run in the report
         adaptive_nve_steps: steps of each NVE run of the report's gated-MoE section
             (``adaptive.py``; 0 leaves the section out)
-        distil_cells: strained bulk cells the packaged all-big model labels for the co-trained
-            MoE's training split (``data.distilled_frames``)
+        distil_cells: strained bulk cells the packaged all-big model labels for the staged
+            MoEs' training split (``data.distilled_frames``)
+        seeds: training seeds of each staged MoE (the data split stays the same)
+        production_steps: timed LAMMPS MD steps of the production-size section (0: left out)
     """
 
     frame_scale: float
@@ -72,24 +73,26 @@ class Sizes:
     nve_steps: int
     adaptive_nve_steps: int = 0
     distil_cells: int = 0
+    seeds: int = 3
+    production_steps: int = 3
 
     def max_epochs(self, name: str) -> Optional[int]:
         return self.epochs.get(name)
 
 
-# One epoch (stage time / epochs), two idle cores, measured on the default recipe (166 frames,
-# 5431 training atoms, 4.5 A cutoff): all-big 13.9 s, all-small 2.7 s, staged MoE 29.2 s (its
-# distilled split: 40 more bulk cells), staged MoE without agreement 8.0 s (joint co-trained
-# MoE ~65 s on one thread at 5.0 A). README.md gives the whole run's time.
+# the staged MoEs' epochs: the frozen big expert's outputs are computed once per frame
+# (MoEModel's frozen-expert cache), so a staged epoch costs a fraction of an all-big one and
+# the small expert gets 40 epochs (1,600 optimizer steps at the default size) to converge on
+# the agreement terms
 QUICK = Sizes(
     frame_scale=1.0,
-    epochs={"big": 25, "small": 30, "moe": 15, "moe_noagree": 15, "moe_joint": 12},
+    epochs={"big": 25, "small": 30, "moe": 40, "moe_noagree": 40, "moe_joint": 12},
     nve_steps=200,
     adaptive_nve_steps=600,
     distil_cells=40,
 )
 FULL = Sizes(frame_scale=5.0, epochs={}, nve_steps=2000, adaptive_nve_steps=2000,
-             distil_cells=200)
+             distil_cells=200, production_steps=20)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,53 +104,85 @@ class Model:
         config: training config in ``configs/``
         title: name in the report
         compile_targets: ``nequip-compile`` targets the report uses
-        overrides: ``nequip-train`` overrides of this model only
         frozen_big: the model's big expert is the packaged all-big model (``big_model=``),
             frozen, and its small expert starts from the trained all-small model
             (``small_model=``, its checkpoint), so both are trained first
         joint: trained only with ``--joint`` (both experts from scratch)
         distillable: trains on the training split distilled by the frozen big expert
             (``data.distilled_frames``: its labels on shared bulk, plus bulk cells)
+        seed: training seed (``None``: the config's); the data split is the same for all
+        family: the model this one is a seed of (``None``: itself)
     """
 
     name: str
     config: str
     title: str
     compile_targets: Tuple[str, ...] = ()
-    overrides: Tuple[str, ...] = ()
     frozen_big: bool = False
     joint: bool = False
     distillable: bool = False
+    seed: Optional[int] = None
+    family: Optional[str] = None
 
     @property
-    def config_file(self) -> pathlib.Path:
-        return CONFIG_DIR / f"{self.config}.yaml"
+    def family_name(self) -> str:
+        return self.family or self.name
 
 
 # in training order: the staged MoEs need the packaged all-big model
 MODELS = (
-    Model("big", "pt_co_big", "all-big", ("ase",)),
+    Model("big", "pt_co_big", "all-big", ("ase", "pair_allegro")),
     Model("small", "pt_co_small", "all-small", ("ase",)),
-    Model("moe", "pt_co_staged", "MoE (staged, co-trained)", ("ase", "pair_allegro"),
+    Model("moe", "pt_co_staged", "MoE (staged, co-trained)", ("ase",),
           frozen_big=True, distillable=True),
-    # pt_co_staged.yaml with the agreement coefficients 0, without computing the unused terms
-    Model("moe_noagree", "pt_co_staged_noagree", "MoE (staged, no agreement)", frozen_big=True),
+    # pt_co_staged.yaml with the agreement coefficients 0, without computing the unused terms;
+    # the same (distilled) training split, so that the comparison isolates the agreement terms
+    Model("moe_noagree", "pt_co_staged_noagree", "MoE (staged, no agreement)", frozen_big=True,
+          distillable=True),
     Model("moe_joint", "pt_co_cotrain", "MoE (joint, co-trained)", joint=True),
 )
 
-# the distilled training split of the staged co-trained MoE, in the data folder
+# the distilled training split of the staged MoEs, in the data folder
 DISTILLED_TRAIN = "train_distilled.xyz"
-
 # co-trained MoE -> the same MoE trained without agreement terms (split-crystal comparison)
 WITHOUT_AGREEMENT = {"moe": "moe_noagree"}
-
 # the models nequip_moe.benchmarking times: the MoE and its two experts alone
 SPEED_MODELS = ("moe", "big", "small")
+# the bench's structure: a Pt(111) + CO slab of 2,080 atoms (structures.BenchSlab(16))
+BENCH_SLAB_SIZE = 16
+
+
+def config_seed() -> int:
+    """The ``seed`` of ``configs/pt_co_moe.yaml`` (every config's, through its defaults)."""
+    return int(yaml.safe_load((CONFIG_DIR / "pt_co_moe.yaml").read_text())["seed"])
+
+
+def with_seeds(models: Sequence[Model], seeds: int) -> List[Model]:
+    """``models`` with ``seeds - 1`` more training seeds of each staged MoE (``NAME_sK``,
+    seed = the config's + K - 1); the extra seeds are evaluated from their packages."""
+    out = []
+    for model in models:
+        out.append(model)
+        if model.frozen_big:
+            out += [dataclasses.replace(model, name=f"{model.name}_s{k}", seed=config_seed() + k - 1,
+                                        family=model.name, compile_targets=())
+                    for k in range(2, seeds + 1)]
+    return out
+
+
+def config_files(config: str) -> List[pathlib.Path]:
+    """A config and every config of its defaults list, recursively."""
+    path = CONFIG_DIR / f"{config}.yaml"
+    files = [path]
+    for entry in yaml.safe_load(path.read_text()).get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            files += config_files(entry)
+    return files
 
 
 @dataclasses.dataclass
 class Layout:
-    """Where every stage writes, under ``out``."""
+    """Where every job writes, under ``out``."""
 
     out: pathlib.Path
 
@@ -156,8 +191,8 @@ class Layout:
         return self.out / "data"
 
     @property
-    def logs(self) -> pathlib.Path:
-        return self.out / "logs"
+    def models(self) -> pathlib.Path:
+        return self.out / "models"
 
     def train_dir(self, model: Model) -> pathlib.Path:
         return self.out / "train" / model.name
@@ -166,178 +201,317 @@ class Layout:
         return self.train_dir(model) / "best.ckpt"
 
     def package(self, model: Model) -> pathlib.Path:
-        return self.out / "models" / f"{model.name}.nequip.zip"
+        return self.models / f"{model.name}.nequip.zip"
 
     def compiled(self, model: Model, target: str) -> pathlib.Path:
-        return self.out / "models" / f"{model.name}.{target}.nequip.pt2"
+        return self.models / f"{model.name}.{target}.nequip.pt2"
+
+    @property
+    def deployed_moe(self) -> pathlib.Path:
+        """The MoE for LAMMPS, from ``nequip-moe deploy`` (beside ``moe.lammps.in``)."""
+        return self.models / "moe_pair_allegro.nequip.pt2"
+
+    @property
+    def bench(self) -> pathlib.Path:
+        return self.models / "bench.json"
+
+    def data_files(self, train_file: str = "train.xyz") -> Dict[str, pathlib.Path]:
+        return {name: self.data / name for name in (train_file, "val.xyz", "test.xyz")}
 
 
-class Pipeline:
-    """Runs stages in order, skips finished ones, prints progress and records timings.
-
-    Args:
-        layout: output locations
-        force: rerun stages whose outputs exist
-    """
-
-    def __init__(self, layout: Layout, force: bool = False):
-        self.layout = layout
-        self.force = force
-        self.timings_file = layout.out / "timings.json"
-        self.timings: Dict[str, float] = (
-            json.loads(self.timings_file.read_text()) if self.timings_file.is_file() else {}
-        )
-        self.count = 0
-
-    def stage(self, name: str, outputs: Sequence[pathlib.Path], action: Callable[[], None]):
-        """Run ``action`` unless every output exists; print what happened."""
-        self.count += 1
-        prefix = f"[{self.count}] {name}"
-        if not self.force and all(p.exists() for p in outputs):
-            print(f"{prefix}: done before, skipped ({outputs[0]})", flush=True)
-            return
-        print(f"{prefix} ...", flush=True)
-        start = time.perf_counter()
-        action()
-        elapsed = time.perf_counter() - start
-        self.timings[name] = round(elapsed, 1)
-        self.layout.out.mkdir(parents=True, exist_ok=True)
-        self.timings_file.write_text(json.dumps(self.timings, indent=2))
-        print(f"{prefix}: {elapsed:.1f} s", flush=True)
-
-    def skip(self, name: str, reason: str):
-        self.count += 1
-        print(f"[{self.count}] {name}: skipped, {reason}", flush=True)
-
-    def command(self, log_name: str, args: Sequence, cwd: Optional[pathlib.Path] = None):
-        """Run a nequip command line tool, its output in ``out/logs/LOG_NAME.log``."""
-        self.layout.logs.mkdir(parents=True, exist_ok=True)
-        log = self.layout.logs / f"{log_name}.log"
-        args = [str(BIN_DIR / args[0]), *map(str, args[1:])]
-        print(f"    $ {' '.join(args)}", flush=True)
-        with open(log, "w") as f:
-            proc = subprocess.run(args, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-            raise RuntimeError(
-                f"`{' '.join(args)}` failed ({proc.returncode}); last lines of {log}:\n{tail}"
-            )
+def code(*names: str) -> Dict[str, pathlib.Path]:
+    """The example's source files as job inputs."""
+    return {f"code {name}": EXAMPLE_DIR / name for name in names}
 
 
-def data_stage(pipeline: Pipeline, sizes: Sizes, labeller: str, user_data, rules):
-    """Stage 1: the example's generated frames, or a user's extxyz checked and split."""
-    out = pipeline.layout.data
-    outputs = [out / f"{split}.xyz" for split in data.SPLITS]
+def by_name(name: str) -> Model:
+    return next(m for m in MODELS if m.name == name)
 
-    def make():
+
+# ---------------------------------------------------------------- jobs
+
+
+def data_job(layout: Layout, sizes: Sizes, labeller: str, user_data, rules) -> Job:
+    """The example's generated frames, or a user's extxyz checked and split."""
+    out = layout.data
+    counts = data.FrameCounts().scaled(sizes.frame_scale)
+
+    def make(threads_):
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
         if user_data is None:
-            summary = data.make_dataset(
-                out, data.FrameCounts().scaled(sizes.frame_scale), labeller
-            )
+            summary = data.make_dataset(tmp, counts, labeller, workers=threads_)
         else:
             frames = data.read_user_frames(user_data, rules)
-            summary = data.write_dataset(out, data.split_by_kind(frames), eos=[])
+            summary = data.write_dataset(tmp, data.split_by_kind(frames), eos=[])
+        # the data folder also holds the distilled split: replace only what this job writes
+        out.mkdir(parents=True, exist_ok=True)
+        for path in tmp.iterdir():
+            os.replace(path, out / path.name)
+        tmp.rmdir()
         print(f"    frames {summary['frames']}, test high-fidelity fraction "
               f"{summary['test_hf_fraction']:.2f}")
 
-    pipeline.stage("data", outputs, make)
+    inputs = {"labeller": labeller, "counts": dataclasses.asdict(counts), **code(*DATA_CODE)}
+    if user_data is not None:
+        inputs.update({"labeller": None, "user data": pathlib.Path(user_data),
+                       "rules": pathlib.Path(rules) if rules else None})
+    outputs = [out / f"{split}.xyz" for split in data.SPLITS] + [out / "summary.json"]
+    return Job("data", outputs, make, inputs, exclusive=True)
 
 
-def train_overrides(layout: Layout, extra: Sequence[str]) -> List[str]:
-    """``nequip-train`` overrides shared by every model."""
-    return [f"data_dir={layout.data.resolve()}", *extra]
+def distil_job(layout: Layout, sizes: Sizes, columns: int, device: str) -> Job:
+    """The training split distilled by the packaged all-big model (the staged MoEs' frozen
+    big expert): its labels on the wholly shared (bulk) frames, on ``distil_cells`` new cubic
+    bulk cells and on ``columns`` long ones."""
+    out = layout.data / DISTILLED_TRAIN
+    package = layout.package(by_name("big"))
+
+    def distil(threads_):
+        from ase.io import read, write
+        from nequip.integrations.ase import NequIPCalculator
+
+        from threads import use_threads
+
+        use_threads(threads_)
+        calc = NequIPCalculator._from_saved_model(
+            str(package), device=device, chemical_species_to_atom_type_map=True
+        )
+        a0 = json.loads((layout.data / "summary.json").read_text())["a0"]
+        frames = data.distilled_frames(
+            read(layout.data / "train.xyz", index=":"), calc, sizes.distil_cells,
+            columns=columns, a0=a0,
+        )
+        write(out.with_name(out.name + ".tmp.xyz"), frames, format="extxyz")
+        os.replace(out.with_name(out.name + ".tmp.xyz"), out)
+        print(f"    {len(frames)} training frames, {sizes.distil_cells} cubic and {columns} "
+              "long bulk cells")
+
+    inputs = {"big package": package, "train.xyz": layout.data / "train.xyz",
+              "summary.json": layout.data / "summary.json", "cells": sizes.distil_cells,
+              "columns": columns, "device": device, **code(*DATA_CODE)}
+    return Job("distil", [out], distil, inputs, after=["package big"], exclusive=True)
 
 
 def model_overrides(layout: Layout, sizes: Sizes, model: Model) -> List[str]:
-    """``nequip-train`` overrides of one model: its epochs, its frozen big expert, its own."""
+    """``nequip-train`` overrides of one model: its epochs, seed, frozen big expert, split."""
     overrides = []
-    if sizes.max_epochs(model.name) is not None:
-        overrides.append(f"max_epochs={sizes.max_epochs(model.name)}")
+    epochs = sizes.max_epochs(model.name) or sizes.max_epochs(model.family_name)
+    if epochs is not None:
+        overrides.append(f"max_epochs={epochs}")
+    if model.seed is not None:
+        overrides.append(f"seed={model.seed}")
     if model.frozen_big:
-        overrides.append(f"big_model={layout.package(big_model()).resolve()}")
+        overrides.append(f"big_model={layout.package(by_name('big')).resolve()}")
         # the small expert starts from all-small (its checkpoint: one package per MoE)
-        small = next(m for m in MODELS if m.name == "small")
-        overrides += [f"small_model={layout.checkpoint(small).resolve()}",
+        overrides += [f"small_model={layout.checkpoint(by_name('small')).resolve()}",
                       "training_module.model.experts.small=${pretrained_small_expert}"]
     if model.distillable:
         overrides.append(f"train_file={DISTILLED_TRAIN}")
-    return overrides + list(model.overrides)
+    return overrides
 
 
-def big_model() -> Model:
-    return next(m for m in MODELS if m.name == "big")
-
-
-def distil_stage(pipeline: Pipeline, extra: int, columns: int, device: str):
-    """The training split distilled by the packaged all-big model (the staged MoE's frozen big
-    expert): its labels on the wholly shared (bulk) frames, on ``extra`` new cubic bulk cells
-    and on ``columns`` long ones."""
-    layout = pipeline.layout
-    out = layout.data / DISTILLED_TRAIN
-
-    def distil():
-        calc = NequIPCalculator._from_saved_model(
-            str(layout.package(big_model())), device=device,
-            chemical_species_to_atom_type_map=True,
-        )
-        # the data stage's fitted lattice constant (summary.json always written beside the splits)
-        a0 = json.loads((layout.data / "summary.json").read_text()).get("a0", data.PT_A0)
-        frames = data.distilled_frames(
-            read(layout.data / "train.xyz", index=":"), calc, extra, columns=columns, a0=a0
-        )
-        write(out, frames, format="extxyz")
-        print(f"    {len(frames)} training frames, {extra} cubic and {columns} long bulk cells")
-
-    pipeline.stage("distil", [out], distil)
-
-
-def model_stages(
-    pipeline: Pipeline, model: Model, overrides: Sequence[str], device: Optional[str]
-):
-    """Stages 2-4 for one model: train, package and compile what the report uses for
-    ``device`` (``None``: no compiling)."""
-    layout = pipeline.layout
+def model_jobs(layout: Layout, pipeline: Pipeline, model: Model, overrides: Sequence[str],
+               device: Optional[str]) -> List[Job]:
+    """Train, package and compile (what the report uses, for ``device``; ``None``: nothing)."""
     run_dir = layout.train_dir(model)
 
-    def train():
+    def train(threads_):
         partial = run_dir.with_name(run_dir.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         pipeline.command(
             f"train_{model.name}",
             ["nequip-train", "-cp", CONFIG_DIR, "-cn", model.config, *overrides,
              f"hydra.run.dir={partial.resolve()}"],
+            threads_,
         )
         shutil.rmtree(run_dir, ignore_errors=True)
         partial.rename(run_dir)
 
-    # a stage reruns when its inputs changed is beyond this pipeline: --force reruns everything
-    pipeline.stage(f"train {model.name}", [layout.checkpoint(model)], train)
+    train_file = DISTILLED_TRAIN if model.distillable else "train.xyz"
+    inputs = {**{f"config {p.name}": p for p in config_files(model.config)},
+              "overrides": list(overrides), **layout.data_files(train_file)}
+    after = ["data"]
+    if model.frozen_big:
+        inputs.update(big=layout.package(by_name("big")), small=layout.checkpoint(by_name("small")))
+        after = ["package big", "train small"]
+    if train_file == DISTILLED_TRAIN:
+        after.append("distil")
+    jobs = [Job(f"train {model.name}", [layout.checkpoint(model)], train, inputs, after)]
 
     package = layout.package(model)
 
-    def build_package():
+    def build_package(threads_):
         package.parent.mkdir(parents=True, exist_ok=True)
-        pipeline.command(
-            f"package_{model.name}",
-            ["nequip-package", "build", layout.checkpoint(model), package],
-        )
+        tmp = package.with_name("tmp_" + package.name)
+        pipeline.command(f"package_{model.name}",
+                         ["nequip-package", "build", layout.checkpoint(model), tmp], threads_)
+        os.replace(tmp, package)
 
-    pipeline.stage(f"package {model.name}", [package], build_package)
+    jobs.append(Job(f"package {model.name}", [package], build_package,
+                    {"checkpoint": layout.checkpoint(model)}, [f"train {model.name}"]))
     for target in model.compile_targets if device is not None else ():
         compiled = layout.compiled(model, target)
-        pipeline.stage(
-            f"compile {model.name} --target {target}",
-            [compiled],
-            lambda: pipeline.command(
+
+        def compile_(threads_, compiled=compiled, target=target):
+            tmp = compiled.with_name("tmp_" + compiled.name)
+            pipeline.command(
                 f"compile_{model.name}_{target}",
-                ["nequip-compile", package, compiled, "--mode",
-                 "aotinductor", "--device", device, "--target", target],
-            ),
+                ["nequip-compile", package, tmp, "--mode", "aotinductor", "--device", device,
+                 "--target", target], threads_,
+            )
+            os.replace(tmp, compiled)
+
+        jobs.append(Job(f"compile {model.name} --target {target}", [compiled], compile_,
+                        {"package": package, "device": device}, [f"package {model.name}"]))
+    return jobs
+
+
+def bench_jobs(layout: Layout, pipeline: Pipeline, device: str) -> List[Job]:
+    """``nequip-moe bench`` of the compiled MoE and its experts alone on the 2,080-atom slab
+    at the test split's high-fidelity fraction, one thread, alone on the machine (its cost
+    weights balance the MoE's LAMMPS runs); then ``nequip-moe deploy`` of the MoE for
+    ``pair_allegro`` with those weights."""
+    slab = layout.models / "bench_slab.xyz"
+    files = {name: layout.compiled(by_name(name), "ase") for name in SPEED_MODELS}
+    summary = layout.data / "summary.json"
+
+    def bench(threads_):
+        from structures import write_bench_slabs
+
+        hf_fraction = json.loads(summary.read_text())["test_hf_fraction"]
+        write_bench_slabs(slab, sizes=[BENCH_SLAB_SIZE])
+        pipeline.command(
+            "bench",
+            ["nequip-moe", "bench", "--structure", slab,
+             *[arg for name, path in files.items() for arg in (f"--{name}", path)],
+             "--fractions", f"{hf_fraction:.3f}", "--repeats", "3", "--threads", "1",
+             "--no-memory", "--no-training", "--no-plots", "--device", device,
+             "--out-dir", layout.models / "bench", "--json", layout.bench],
+            1,
         )
+
+    def deploy(threads_):
+        pipeline.command(
+            "deploy_moe",
+            ["nequip-moe", "deploy", layout.package(by_name("moe")), "--targets", "pair_allegro",
+             "--device", device, "--out-dir", layout.models, "--cost-weights", layout.bench,
+             "--data-file", "moe.data"],
+            threads_,
+        )
+
+    compiled_after = [f"compile {name} --target ase" for name in SPEED_MODELS]
+    return [
+        Job("bench", [layout.bench], bench, {**files, "summary.json": summary},
+            compiled_after, exclusive=True),
+        Job("deploy moe", [layout.deployed_moe, layout.models / "moe.lammps.in"], deploy,
+            {"package": layout.package(by_name("moe")), "bench": layout.bench,
+             "device": device}, ["bench"]),
+    ]
+
+
+def gated_jobs(layout: Layout, pipeline: Pipeline, device: str) -> List[Job]:
+    """The gated MoE of all-big and all-small (``adaptive.py``'s), as a checkpoint
+    (``out/models/gated.ckpt``) that ``nequip-moe deploy`` packages, compiles (``ase``,
+    ``pair_allegro``) and writes the LAMMPS input of: the model the report's gated-MoE
+    section praises, ready for LAMMPS."""
+    checkpoint = layout.models / "gated.ckpt"
+    big, small = layout.package(by_name("big")), layout.checkpoint(by_name("small"))
+
+    def write(threads_):
+        from adaptive_models import write_gated_checkpoint
+
+        write_gated_checkpoint(checkpoint, big, small, layout.data / "test.xyz")
+
+    def deploy(threads_):
+        pipeline.command(
+            "deploy_gated",
+            ["nequip-moe", "deploy", checkpoint, "--targets", "pair_allegro", "ase",
+             "--device", device, "--out-dir", layout.models, "--data-file", "gated.data"],
+            threads_,
+        )
+
+    return [
+        # builds the model in this process, no computing: beside the running jobs
+        Job("gated checkpoint", [checkpoint], write,
+            {"big": big, "small": small, **code("adaptive_models.py")},
+            ["package big", "train small"]),
+        Job("deploy gated", [layout.models / f"gated_{t}.nequip.pt2" for t in ("ase", "pair_allegro")]
+            + [layout.models / "gated.lammps.in"], deploy, {"checkpoint": checkpoint, "device": device},
+            ["gated checkpoint"]),
+    ]
+
+
+def report_job(layout: Layout, pipeline: Pipeline, models: Sequence[Model], sizes: Sizes,
+               device: str, compiled: bool, notes: Dict) -> Job:
+    """Evaluate every model (compiled files where there are, the extra seeds from their
+    packages) and write the report."""
+
+    def evaluated_file(model: Model) -> pathlib.Path:
+        path = layout.compiled(model, "ase")
+        return path if compiled and "ase" in model.compile_targets else layout.package(model)
+
+    families: Dict[str, List[str]] = {}
+    for model in models:
+        families.setdefault(model.family_name, []).append(model.name)
+
+    def report(threads_):
+        from measures import ReportModel
+        from report import make_report
+        from threads import use_threads
+
+        use_threads(1)  # timings are single-thread
+        make_report(
+            [ReportModel(m.name, m.title if m.family is None else f"{m.title}, seed {m.seed}",
+                         evaluated_file(m), device) for m in models],
+            layout.data, layout.out,
+            nve_steps=sizes.nve_steps,
+            bench_file=layout.bench if compiled else None,
+            # without compiled files the report times the packages itself (eager)
+            speed_files=(None if compiled else
+                         {name: layout.package(by_name(name)) for name in SPEED_MODELS}),
+            pair_allegro_file=layout.deployed_moe if compiled else None,
+            notes={**notes, "trained": training_progress(layout, models),
+                   "stage seconds": dict(pipeline.timings)},
+            device=device,
+            without_agreement={name: partner for name, partner in WITHOUT_AGREEMENT.items()
+                               if name in families and partner in families},
+            seeds={name: members for name, members in families.items() if len(members) > 1},
+            adaptive=(dict(big_file=layout.package(by_name("big")),
+                           small_file=layout.package(by_name("small")), data_dir=layout.data,
+                           out_dir=layout.out, nve_steps=sizes.adaptive_nve_steps, device=device)
+                      if sizes.adaptive_nve_steps > 0 else None),
+            big_package=layout.package(by_name("big")),
+            production=(dict(moe_file=layout.deployed_moe,
+                             big_file=layout.compiled(by_name("big"), "pair_allegro"),
+                             steps=sizes.production_steps, device=device)
+                        if compiled and sizes.production_steps > 0 else None),
+        )
+
+    inputs = {f"model {m.name}": evaluated_file(m) for m in models}
+    inputs.update({"data": layout.data, "sizes": dataclasses.asdict(sizes), "device": device,
+                   "compiled": compiled, **code(*REPORT_CODE)})
+    after = [f"package {m.name}" for m in models] + [
+        f"compile {m.name} --target {t}" for m in models for t in m.compile_targets if compiled]
+    if compiled:
+        inputs.update(bench=layout.bench, deployed=layout.deployed_moe)
+        after += ["deploy moe", "deploy gated"]
+    return Job("report", [layout.out / "report.json"], report, inputs, after, exclusive=True)
+
+
+def job_priority(job: Job) -> int:
+    """Order in which ready jobs start: the training chain first (the longest path), then
+    what only the report needs."""
+    for rank, prefix in enumerate(("compile", "deploy", "bench", "report")):
+        if job.name.startswith(prefix):
+            return rank + 1
+    return 0
 
 
 def training_progress(layout: Layout, models: Sequence[Model]) -> Dict[str, str]:
     """Optimizer steps and epochs each model trained for, from its ``last.ckpt``."""
+    import torch
+
     progress = {}
     for model in models:
         last = torch.load(
@@ -349,59 +523,10 @@ def training_progress(layout: Layout, models: Sequence[Model]) -> Dict[str, str]
     return progress
 
 
-def report_stage(
-    pipeline: Pipeline, models: Sequence[Model], sizes: Sizes, device: str, notes: Dict
-):
-    """Stage 5: evaluate every packaged model (compiled files where there are) and report."""
-    layout = pipeline.layout
-    packaged = [m for m in models if layout.package(m).is_file()]
-
-    def evaluated_file(model: Model) -> pathlib.Path:
-        compiled = layout.compiled(model, "ase")
-        return compiled if compiled.is_file() else layout.package(model)
-
-    by_name = {m.name: m for m in packaged}
-    speed_files = None
-    if all(name in by_name for name in SPEED_MODELS):
-        speed_files = {name: evaluated_file(by_name[name]) for name in SPEED_MODELS}
-    pair_allegro = None
-    if "moe" in by_name and layout.compiled(by_name["moe"], "pair_allegro").is_file():
-        pair_allegro = layout.compiled(by_name["moe"], "pair_allegro")
-    # the co-trained MoEs and the same MoE trained without agreement terms
-    without_agreement = {
-        name: partner for name, partner in WITHOUT_AGREEMENT.items()
-        if name in by_name and partner in by_name
-    }
-    adaptive = None
-    if sizes.adaptive_nve_steps > 0 and {"big", "small"} <= set(by_name):
-        adaptive = dict(
-            big_file=layout.package(by_name["big"]), small_file=layout.package(by_name["small"]),
-            data_dir=layout.data, out_dir=layout.out, nve_steps=sizes.adaptive_nve_steps,
-            device=device,
-        )
-    pipeline.stage(
-        "report",
-        [layout.out / "report.json"],
-        lambda: make_report(
-            [ReportModel(m.name, m.title, evaluated_file(m), device) for m in packaged],
-            layout.data,
-            layout.out,
-            nve_steps=sizes.nve_steps,
-            speed_files=speed_files,
-            pair_allegro_file=pair_allegro,
-            notes={**notes, "trained": training_progress(layout, packaged),
-                   "stage seconds": dict(pipeline.timings)},
-            device=device,
-            without_agreement=without_agreement,
-            buffer_model="moe" if "moe" in by_name else None,
-            adaptive=adaptive,
-            big_package=layout.package(by_name["big"]) if "big" in by_name else None,
-        ),
-    )
-
-
 def print_summary(out: pathlib.Path):
     """The report's summary table and claims on the terminal."""
+    from render import SUMMARY_HEADER, summary_rows
+
     report = json.loads((out / "report.json").read_text())
     rows = [SUMMARY_HEADER, *summary_rows(report)]
     widths = [max(len(str(row[k])) for row in rows) for k in range(len(SUMMARY_HEADER))]
@@ -411,7 +536,7 @@ def print_summary(out: pathlib.Path):
     if report["speedup"]:
         s = report["speedup"]
         print(f"speed-up MoE vs all-big: {s['measured']:.2f}x (ideal {s['ideal']:.2f}x at "
-              f"f = {s['hf_fraction']:.2f})")
+              f"f = {s['hf_fraction']:.2f}, c = {s['cost_ratio_small_over_big']:.3f})")
     for c in report["claims"]:
         print(f"{'holds' if c['holds'] else 'DOES NOT HOLD'}: {c['claim']} ({c['detail']})")
     print(f"report: {out / 'report.md'}")
@@ -430,24 +555,23 @@ def run_sizes(args: argparse.Namespace) -> Sizes:
             raise ValueError(f"--epochs takes NAME=N with NAME one of "
                              f"{[m.name for m in MODELS]}, got `{item}`")
         epochs[name] = int(value)
-    sizes = dataclasses.replace(sizes, epochs=epochs)
-    if args.frame_scale is not None:
-        sizes = dataclasses.replace(sizes, frame_scale=args.frame_scale)
-    if args.nve_steps is not None:
-        sizes = dataclasses.replace(sizes, nve_steps=args.nve_steps)
-    if args.adaptive_nve_steps is not None:
-        sizes = dataclasses.replace(sizes, adaptive_nve_steps=args.adaptive_nve_steps)
+    replace = {"epochs": epochs}
+    for field in ("frame_scale", "nve_steps", "adaptive_nve_steps", "seeds", "production_steps"):
+        if getattr(args, field, None) is not None:
+            replace[field] = getattr(args, field)
     if args.distil is not None or args.data is not None:
-        sizes = dataclasses.replace(sizes, distil_cells=args.distil or 0)
-    return sizes
+        replace["distil_cells"] = args.distil or 0
+    if replace.get("seeds", 1) < 1:
+        raise ValueError(f"--seeds takes a number of training seeds >= 1, got {replace['seeds']}")
+    return dataclasses.replace(sizes, **replace)
 
 
-def main(args=None) -> pathlib.Path:
+def parse_args(args=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true",
                         default=os.environ.get("PT_CO_FULL") == "1",
                         help="realistic sizes for a GPU (also: PT_CO_FULL=1)")
-    parser.add_argument("--force", action="store_true", help="rerun finished stages")
+    parser.add_argument("--force", action="store_true", help="rerun every job")
     parser.add_argument("--out", type=pathlib.Path, default=EXAMPLE_DIR / "out")
     parser.add_argument("--labeller", choices=["emt", "sevenn"], default="sevenn",
                         help="reference calculator of the generated data: SevenNet 7net-mf-0 "
@@ -458,12 +582,12 @@ def main(args=None) -> pathlib.Path:
                         help="region rules YAML (as `nequip-moe assign --rules`) to label --data")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra nequip-train override for every model; may repeat")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--device", default=None,
                         help="device to compile for and evaluate on (default: cuda if "
                         "available)")
     parser.add_argument("--no-compile", action="store_true",
                         help="skip nequip-compile: the report runs and times eager models "
-                        "and leaves out LAMMPS")
+                        "and leaves out LAMMPS, the bench and the deployed files")
     parser.add_argument("--joint", action="store_true",
                         help="also train the MoE jointly from scratch (configs/pt_co_cotrain.yaml, "
                         "`moe_joint`) and report it beside the staged MoE")
@@ -471,20 +595,25 @@ def main(args=None) -> pathlib.Path:
     parser.add_argument("--max-epochs", type=int,
                         help="epochs of every training run (replaces the size's per-model epochs)")
     parser.add_argument("--epochs", action="append", default=[], metavar="NAME=N",
-                        help="epochs of one model (big, small, moe, moe_noagree, moe_joint); "
-                        "may repeat")
+                        help="epochs of one model (big, small, moe, moe_noagree, moe_joint; "
+                        "seeds train as long as their model); may repeat")
+    parser.add_argument("--seeds", type=int,
+                        help="training seeds of each staged MoE (default: 3); the claims on "
+                        "the experts' consistency are judged on the worst seed")
     parser.add_argument("--nve-steps", type=int, help="replace the size's nve_steps")
     parser.add_argument("--adaptive-nve-steps", type=int,
                         help="replace the size's adaptive_nve_steps (0: no gated-MoE section)")
+    parser.add_argument("--production-steps", type=int,
+                        help="timed LAMMPS MD steps of the production-size section (default 3, "
+                        "20 with --full; 0 leaves it out)")
     parser.add_argument("--distil", type=int, metavar="N",
-                        help="the co-trained staged MoE trains on the training split with the "
-                        "all-big model's labels on its bulk frames plus N strained bulk cells "
-                        "it labels (default: the size's, 40 or 200 with --full; 0 with --data; "
-                        "README.md measures it)")
+                        help="the staged MoEs train on the training split with the all-big "
+                        "model's labels on its bulk frames plus N strained bulk cells it labels "
+                        "(default: the size's, 40 or 200 with --full; 0 with --data)")
     parser.add_argument("--columns", type=int, default=0, metavar="M",
                         help="add M long 2x2x6 bulk cells the all-big model labels to that "
                         "split, which the interface term cuts like the split crystal (a "
-                        "co-training lever; README.md measures it; default: %(default)s)")
+                        "co-training lever, NOTES.md; default: %(default)s)")
     args = parser.parse_args(args)
     for flag, value in (("--distil", args.distil), ("--columns", args.columns)):
         if value is not None and value < 0:
@@ -494,28 +623,38 @@ def main(args=None) -> pathlib.Path:
                 f"{flag} adds fcc Pt bulk cells, made for the generated Pt + CO data: with "
                 f"--data use {flag} 0 (--distil 0: the big model's labels on your bulk frames)"
             )
+    return args
 
+
+def main(args=None) -> pathlib.Path:
+    args = parse_args(args)
     sizes = run_sizes(args)
-    models = [m for m in MODELS if args.joint or not m.joint]
-    layout = Layout(args.out.resolve())  # absolute: checkpoints keep the data paths
-    pipeline = Pipeline(layout, force=args.force)
-    print(f"Pt + CO MoE example ({'full' if args.full else 'quick'} sizes) -> {layout.out}")
+    if args.device is None:
+        import torch
 
-    data_stage(pipeline, sizes, args.labeller, args.data, args.rules)
-    overrides = train_overrides(layout, args.override)
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    models = with_seeds([m for m in MODELS if args.joint or not m.joint], sizes.seeds)
+    layout = Layout(args.out.resolve())  # absolute: checkpoints keep the data paths
+    pipeline = Pipeline(layout.out, force=args.force)
+    print(f"Pt + CO MoE example ({'full' if args.full else 'quick'} sizes, "
+          f"{pipeline.budget} threads) -> {layout.out}")
+    device = None if args.no_compile else args.device
+
+    jobs = [data_job(layout, sizes, args.labeller, args.data, args.rules),
+            distil_job(layout, sizes, args.columns, args.device)]
+    overrides = {m.name: [f"data_dir={layout.data}", *args.override,
+                          *model_overrides(layout, sizes, m)] for m in models}
     for model in models:
-        if model.distillable:
-            distil_stage(pipeline, sizes.distil_cells, args.columns, args.device)
-        model_stages(
-            pipeline, model, [*overrides, *model_overrides(layout, sizes, model)],
-            None if args.no_compile else args.device,
-        )
+        jobs += model_jobs(layout, pipeline, model, overrides[model.name], device)
+    if device is not None:
+        jobs += bench_jobs(layout, pipeline, device)
+        jobs += gated_jobs(layout, pipeline, device)
     notes = {"sizes": dataclasses.asdict(sizes), "labeller": args.labeller,
              "data": str(args.data or "generated"), "device": args.device,
-             "training overrides": overrides,
-             "model overrides": {m.name: model_overrides(layout, sizes, m)
-                                 for m in models}}
-    report_stage(pipeline, models, sizes, args.device, notes)
+             "threads": pipeline.budget, "training overrides": overrides}
+    jobs.append(report_job(layout, pipeline, models, sizes, args.device, device is not None,
+                           notes))
+    pipeline.run(sorted(jobs, key=job_priority))
     print_summary(layout.out)
     return layout.out
 
