@@ -11,8 +11,8 @@ import importlib.abc
 import importlib.util
 import sys
 
-from . import _keys as keys
-from ._version import __version__  # noqa: F401
+from . import keys
+from .version import __version__  # noqa: F401
 
 
 def register_fields():

@@ -8,7 +8,7 @@ from ase.calculators.lammps import Prism
 from ase.data import atomic_masses, atomic_numbers
 from ase.io import read
 
-from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.composite import CompositeTypeTable
 from nequip_moe.data.regions import Depth, assign_experts
 from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY, NEQUIP_AOTI_OUTPUTS_KEY
 

@@ -8,7 +8,7 @@ from ase import Atoms
 
 from nequip.data import from_ase
 
-from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.composite import CompositeTypeTable
 from nequip_moe.data import CompositeTypeMapper
 
 from test_assign_cli import TABLE  # C and O only with the big expert, Pt with both

@@ -20,7 +20,7 @@ from ase.calculators.lammps import Prism
 from nequip.data import from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
-from nequip_moe._keys import GATE_KEY, GATE_MODEL_KEY
+from nequip_moe.keys import GATE_KEY, GATE_MODEL_KEY
 from nequip_moe.integrations.lammps_data import read_lammps_data, write_lammps_data
 from nequip_moe.integrations.lammps_driver import FixExternalAllegro
 from nequip_moe.integrations.lammps_input import lammps_input

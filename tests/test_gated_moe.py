@@ -18,7 +18,7 @@ from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 from nequip.utils.unittests.model_tests_ase_integration import ASEIntegrationMixin
 
-from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.composite import CompositeTypeTable
 from nequip_moe.integrations.ase import MoECalculator
 from nequip_moe.nn import AdsorbateCoordinationGate, MixtureOfExpertsEnergy
 

@@ -18,7 +18,7 @@ from nequip_moe.integrations.lammps_driver import (
 from nequip_moe.integrations.lammps_input import lammps_input
 from nequip_moe.scripts import cli
 from nequip_moe.integrations.lammps_runtime import start_lammps
-from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.composite import CompositeTypeTable
 from nequip_moe.integrations.model_files import read_composite_table
 
 from conftest import require_lammps

@@ -26,7 +26,8 @@ from nequip.integrations.ase import NequIPCalculator
 from nequip.nn.embedding.utils import cutoff_str_to_fulldict
 from nequip.utils.global_state import set_global_state
 
-from nequip_moe._keys import GATE_KEY
+from nequip_moe.compat.nequip_api import calculator_from_saved_model
+from nequip_moe.keys import GATE_KEY
 from nequip_moe.data.regions import assign_experts, pt_co_coordination
 from nequip_moe.integrations.ase import MoECalculator
 from nequip_moe.integrations.model_files import read_metadata
@@ -167,8 +168,8 @@ def static_model(
 def plain_calculator(path: PathLike, device: str = "cpu") -> NequIPCalculator:
     """nequip's calculator of a single model file (all-big, all-small)."""
     set_global_state(allow_tf32=False)
-    return NequIPCalculator._from_saved_model(
-        str(path), device=device, chemical_species_to_atom_type_map=True
+    return calculator_from_saved_model(
+        NequIPCalculator, str(path), device=device, chemical_species_to_atom_type_map=True
     )
 
 

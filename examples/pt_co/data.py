@@ -383,7 +383,7 @@ def read_user_frames(path, rules_file=None) -> List[Atoms]:
         path: extxyz file
         rules_file: optional YAML file of region rules
     """
-    from nequip_moe._composite import expert_label_array
+    from nequip_moe.composite import expert_label_array
     from nequip_moe.data.regions import read_rules_file
 
     path = pathlib.Path(path)

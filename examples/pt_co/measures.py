@@ -23,7 +23,9 @@ from ase.md.velocitydistribution import thermalize_momenta
 
 from nequip.integrations.ase import NequIPCalculator
 
-from nequip_moe._composite import TYPE_ELEMENTS_KEY
+from nequip_moe.compat.nequip_api import calculator_from_saved_model
+
+from nequip_moe.composite import TYPE_ELEMENTS_KEY
 from nequip_moe.integrations.ase import MoECalculator
 from nequip_moe.integrations.model_files import is_compiled, read_metadata
 
@@ -77,8 +79,8 @@ class ReportModel:
             return NequIPCalculator.from_compiled_model(
                 self.path, device=self.device, chemical_species_to_atom_type_map=True
             )
-        return NequIPCalculator._from_saved_model(
-            self.path, device=self.device, chemical_species_to_atom_type_map=True
+        return calculator_from_saved_model(
+            NequIPCalculator, self.path, device=self.device, chemical_species_to_atom_type_map=True
         )
 
 

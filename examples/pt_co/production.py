@@ -130,7 +130,7 @@ def time_lammps(model_file, data_file, type_names: Sequence[str], steps: int,
     from nequip_moe.integrations.lammps_driver import run_lammps_input
     from nequip_moe.integrations.lammps_input import lammps_input
     from nequip_moe.integrations.lammps_runtime import start_lammps
-    from nequip_moe._composite import TYPE_ELEMENTS_KEY
+    from nequip_moe.composite import TYPE_ELEMENTS_KEY
     from nequip_moe.integrations.model_files import GatedTypes, model_types, read_metadata
 
     metadata = read_metadata(model_file)

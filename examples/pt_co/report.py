@@ -174,10 +174,12 @@ def make_report(
             not _in_range(s, data_summary.get("train_bulk_strain")) for s in SPLIT_STRAINS]
         if big_package is not None:
             from nequip.integrations.ase import NequIPCalculator
+            from nequip_moe.compat.nequip_api import calculator_from_saved_model
 
             r_small = expert_cutoffs(by_name[moes[0]])[1]
-            big = NequIPCalculator._from_saved_model(
-                str(big_package), device=device, chemical_species_to_atom_type_map=True
+            big = calculator_from_saved_model(
+                NequIPCalculator, str(big_package), device=device,
+                chemical_species_to_atom_type_map=True,
             )
             with section(f"big expert's response beyond the small cutoff {r_small} A"):
                 report["split_crystal"]["beyond_small_cutoff"] = response_beyond_cutoff(

@@ -270,12 +270,13 @@ def distil_job(layout: Layout, sizes: Sizes, columns: int, device: str) -> Job:
     def distil(threads_):
         from ase.io import read, write
         from nequip.integrations.ase import NequIPCalculator
+        from nequip_moe.compat.nequip_api import calculator_from_saved_model
 
         from threads import use_threads
 
         use_threads(threads_)
-        calc = NequIPCalculator._from_saved_model(
-            str(package), device=device, chemical_species_to_atom_type_map=True
+        calc = calculator_from_saved_model(
+            NequIPCalculator, str(package), device=device, chemical_species_to_atom_type_map=True
         )
         a0 = json.loads((layout.data / "summary.json").read_text())["a0"]
         frames = data.distilled_frames(

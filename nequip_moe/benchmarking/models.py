@@ -17,7 +17,7 @@ from nequip.data.transforms import NeighborListTransform
 from nequip.nn.embedding.utils import cutoff_str_to_fulldict
 from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 
-from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.composite import CompositeTypeTable
 from nequip_moe.benchmarking.options import MODEL_NAMES
 from nequip_moe.integrations.model_files import is_compiled, load_model
 

@@ -26,7 +26,7 @@ import ase
 from ase.calculators.singlepoint import SinglePointCalculator
 from nequip.data import AtomicDataDict
 
-from nequip_moe._keys import SHARED_KEY
+from nequip_moe.keys import SHARED_KEY
 from nequip_moe.benchmarking.models import BenchModel
 from nequip_moe.benchmarking.speed import high_fidelity_mask, synchronize, time_interleaved
 from nequip_moe.benchmarking.untrained import training_module

@@ -15,8 +15,8 @@ import torch
 
 import ase
 
-from nequip_moe._composite import CompositeTypeTable
-from nequip_moe._keys import EXPERT_KEY
+from nequip_moe.composite import CompositeTypeTable
+from nequip_moe.keys import EXPERT_KEY
 from nequip_moe.benchmarking.models import expert_labels, expert_pair, forced_high_fidelity
 from nequip_moe.benchmarking.options import MODEL_NAMES, PRESETS
 

@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 from ase import Atoms
 
-from nequip_moe._composite import expert_label_array
+from nequip_moe.composite import expert_label_array
 from nequip_moe.data.neighbours import (  # noqa: F401  (public names of this module)
     coordination_numbers,
     median_nearest_neighbour_distance,

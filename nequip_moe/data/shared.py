@@ -9,7 +9,7 @@ from ase.data import atomic_numbers
 
 from nequip.data import AtomicDataDict
 
-from nequip_moe._keys import SHARED_KEY
+from nequip_moe.keys import SHARED_KEY
 from nequip_moe.data.neighbours import host_shell
 from nequip_moe.nn.coordination import neighbour_count
 

@@ -6,8 +6,8 @@ import torch
 
 from nequip.data import AtomicDataDict
 
-from nequip_moe._composite import CompositeTypeTable
-from nequip_moe._keys import EXPERT_KEY
+from nequip_moe.composite import CompositeTypeTable
+from nequip_moe.keys import EXPERT_KEY
 
 
 class CompositeTypeMapper(torch.nn.Module):

@@ -21,8 +21,8 @@ from nequip.integrations.ase import NequIPCalculator
 from nequip.nn.compile import DictInputOutputWrapper
 from nequip.utils.aoti_metadata import NEQUIP_AOTI_OUTPUTS_KEY
 
-from nequip_moe._composite import CompositeTypeTable
-from nequip_moe._keys import EXPERT_KEY, GATE_MODEL_KEY
+from nequip_moe.composite import CompositeTypeTable
+from nequip_moe.keys import EXPERT_KEY, GATE_MODEL_KEY
 from nequip_moe.compat.nequip_api import (
     ase_compile_target,
     calculator_from_saved_model,

@@ -21,7 +21,7 @@ from ase import Atoms
 from ase.calculators.lammps import Prism
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
-from nequip_moe._keys import EXPERT_KEY
+from nequip_moe.keys import EXPERT_KEY
 from nequip_moe.integrations.model_files import GatedTypes, TypeTable
 
 # LAMMPS type labels: no leading digit, `#` or `*`, no whitespace

@@ -56,7 +56,7 @@ import json
 import pathlib
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from nequip_moe._composite import CompositeTypeTable
+from nequip_moe.composite import CompositeTypeTable
 from nequip_moe.integrations.model_files import GatedTypes, TypeTable
 
 BALANCE_STYLES = ("shift", "rcb", "none")

@@ -24,8 +24,8 @@ extra neighbour shells, ``-1`` unknown receptive field.
 
 from typing import Dict, Mapping, Optional
 
-from nequip_moe._keys import EXPERT_HALO_HOPS_KEY as HALO_HOPS_KEY
-from nequip_moe._keys import EXPERT_NAMES_KEY
+from nequip_moe.keys import EXPERT_HALO_HOPS_KEY as HALO_HOPS_KEY
+from nequip_moe.keys import EXPERT_NAMES_KEY
 from nequip_moe.integrations.model_files import compiled_input_fields, is_pair_allegro_target
 EXACT_ROUTES = (
     "`nequip-moe deploy --targets pair_nequip` (pair_style nequip: newton off, one MPI rank; "

@@ -21,8 +21,8 @@ import numpy as np
 
 from ase.data import atomic_numbers, chemical_symbols
 
-from nequip_moe._composite import CompositeTypeTable
-from nequip_moe._keys import EXPERT_NAMES_KEY, EXPERT_R_MAX_KEY, GATE_MODEL_KEY
+from nequip_moe.composite import CompositeTypeTable
+from nequip_moe.keys import EXPERT_NAMES_KEY, EXPERT_R_MAX_KEY, GATE_MODEL_KEY
 
 if TYPE_CHECKING:
     import torch

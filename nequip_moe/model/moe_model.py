@@ -19,8 +19,8 @@ from nequip.nn import SequentialGraphNetwork, AtomwiseReduce, ForceStressOutput
 from nequip.nn.convnetlayer import ConvNetLayer
 from nequip.nn.embedding.utils import cutoff_partialdict_to_tensor, cutoff_str_to_fulldict
 
-from nequip_moe._composite import CompositeTypeTable
-from nequip_moe._keys import EXPERT_NAMES_KEY, GATE_MODEL_KEY
+from nequip_moe.composite import CompositeTypeTable
+from nequip_moe.keys import EXPERT_NAMES_KEY, GATE_MODEL_KEY
 from nequip_moe.compat.nequip_api import SOLE_MODEL_KEY, workflow_state
 from nequip_moe.nn import MixtureOfExpertsEnergy, DenseCompileGraphModel, ExpertSpec, ALL_EDGES
 

@@ -11,7 +11,7 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import scatter
 
-from nequip_moe._keys import (
+from nequip_moe.keys import (
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_EDGE_ENERGY_GRADIENT_KEY,
     EXPERT_FORCES_KEY,

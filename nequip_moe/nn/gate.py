@@ -7,7 +7,7 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, with_edge_vectors_
 
-from nequip_moe._keys import GATE_KEY
+from nequip_moe.keys import GATE_KEY
 from nequip_moe.nn.coordination import (  # noqa: F401  (smooth_step: public name of this module)
     REFERENCE_CRYSTALS,
     bulk_shell,

@@ -14,7 +14,7 @@ from nequip.nn import GraphModuleMixin, with_edge_vectors_
 from nequip.nn.compile import CompileGraphModel
 from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY, R_MAX_KEY
 
-from nequip_moe._keys import (
+from nequip_moe.keys import (
     ATOM_EXPERT_KEY,
     SHARED_KEY,
     GATE_KEY,

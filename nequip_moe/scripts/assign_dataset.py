@@ -92,9 +92,9 @@ def run_dataset(args):
     import numpy as np
     from ase import Atoms
 
-    from nequip_moe._keys import EXPERT_KEY
+    from nequip_moe.keys import EXPERT_KEY
     from nequip_moe.data.regions import assign_experts
-    from nequip_moe.scripts._outputs import write_all_or_nothing
+    from nequip_moe.scripts.outputs import write_all_or_nothing
 
     if any(getattr(args, name) for name in ("out_xyz", "out_lammps", "out_input")):
         raise ValueError("--dataset writes one extxyz file: drop --out-xyz, --out-lammps, --out-input")

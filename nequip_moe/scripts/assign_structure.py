@@ -25,7 +25,7 @@ def _write_outputs(args, atoms, expert, table, script):
     import ase.io
 
     from nequip_moe.integrations.lammps_data import write_lammps_data
-    from nequip_moe.scripts._outputs import write_all_or_nothing
+    from nequip_moe.scripts.outputs import write_all_or_nothing
 
     writers = []
     if args.out_xyz:
@@ -131,7 +131,7 @@ def _pair_style(args, metadata):
 
 def run_structure(args):
     """Label one structure for ``--model`` and write its extxyz, LAMMPS data and input."""
-    from nequip_moe._keys import EXPERT_KEY
+    from nequip_moe.keys import EXPERT_KEY
     from nequip_moe.data.regions import assign_experts, expert_summary
     from nequip_moe.integrations.lammps_input import lammps_input, parse_cost_weights
     from nequip_moe.integrations.model_files import GatedTypes, model_types, read_metadata

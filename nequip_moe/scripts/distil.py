@@ -69,7 +69,7 @@ def run(args) -> int:
     from ase.io import read, write
 
     from nequip_moe.integrations.model_files import read_metadata
-    from nequip_moe.scripts._outputs import write_all_or_nothing
+    from nequip_moe.scripts.outputs import write_all_or_nothing
     from nequip_moe.validation.models import plain_calculator
 
     for path in (args.frames, args.model):

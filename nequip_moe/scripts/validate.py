@@ -118,7 +118,7 @@ def run(args):
     import json
     import pathlib
 
-    from nequip_moe.scripts._outputs import write_all_or_nothing
+    from nequip_moe.scripts.outputs import write_all_or_nothing
     from nequip_moe.validation import markdown, run_validation
     from nequip_moe.validation.plots import plot_writers
     from nequip_moe.validation.report import headline

@@ -15,7 +15,7 @@ from nequip.data import AtomicDataDict
 from nequip.data.modifier import BaseModifier
 from nequip.train.metrics import MeanAbsoluteError, MeanSquaredError
 
-from nequip_moe._keys import (
+from nequip_moe.keys import (
     ATOM_EXPERT_KEY,
     EXPERT_ATOMIC_ENERGY_KEY,
     EXPERT_EDGE_ENERGY_GRADIENT_KEY,

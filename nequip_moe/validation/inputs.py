@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from nequip_moe._keys import EXPERT_KEY
+from nequip_moe.keys import EXPERT_KEY
 from nequip_moe.validation.bulk import fit_lattice
 from nequip_moe.validation.crystal import host_bulk
 from nequip_moe.validation.models import ModelUnderTest

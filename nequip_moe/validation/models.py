@@ -27,7 +27,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from nequip_moe._keys import EXPERT_HALO_HOPS_KEY, EXPERT_KEY, EXPERT_R_MAX_KEY, GATE_KEY
+from nequip_moe.keys import EXPERT_HALO_HOPS_KEY, EXPERT_KEY, EXPERT_R_MAX_KEY, GATE_KEY
 
 
 class NotApplicable(Exception):

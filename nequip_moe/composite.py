@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from nequip_moe._keys import (
+from nequip_moe.keys import (
     EXPERT_NAMES_KEY,
     GATE_MODEL_KEY,
     TYPE_ELEMENTS_KEY,
