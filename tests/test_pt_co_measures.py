@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
+from pt_co_frames import slab_with_co
+
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "pt_co"
 sys.path.insert(0, str(EXAMPLE_DIR))
 import data as example_data  # noqa: E402
@@ -255,7 +257,7 @@ def test_teacher_sanity_and_dt_scaling_with_emt():
     sanity = measures.teacher_sanity(fit, gas)
     assert sanity["a0_A"] == pytest.approx((4 * fit["V0"]) ** (1 / 3))
     assert sanity["a0_A"] == pytest.approx(3.92, abs=0.01)
-    slab = structures.slab_with_co()
+    slab = slab_with_co()
     runs = measures.nve_timestep_scaling(EMT(), slab, steps=40, timestep_fs=1.0)
     assert runs["2dt"]["steps"] == 20 and runs["2dt"]["timestep_fs"] == 2.0
     assert 1.5 <= runs["exponent"] <= 2.5  # Verlet: fluctuation ~ dt^2
@@ -263,7 +265,7 @@ def test_teacher_sanity_and_dt_scaling_with_emt():
 
 
 def test_nve_structure_falls_back_to_a_mixed_slab():
-    slab = structures.slab_with_co()
+    slab = slab_with_co()
     slab.arrays["expert"] = np.zeros(len(slab), dtype=np.int64)  # no small-expert atom
     atoms = measures.nve_structure([slab])
     assert (atoms.numbers != 78).any() and set(atoms.arrays["expert"].tolist()) == {0, 1}

@@ -12,22 +12,20 @@ bound (``nequip_moe.benchmarking``).
 import dataclasses
 import pathlib
 import time
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.eos import EquationOfState
 from ase.md.verlet import VelocityVerlet
 from ase.md.velocitydistribution import thermalize_momenta
 
 from nequip.integrations.ase import NequIPCalculator
 
 from nequip_moe.compat.nequip_api import calculator_from_saved_model
-
 from nequip_moe.composite import TYPE_ELEMENTS_KEY
 from nequip_moe.integrations.ase import MoECalculator
 from nequip_moe.integrations.model_files import is_compiled, read_metadata
+from nequip_moe.validation.bulk import fit_eos
 
 ATOM_CLASSES = ("adsorbate", "core_pt", "buffer", "interface", "bulk")
 ATOM_CLASS_TITLES = {
@@ -243,23 +241,6 @@ def force_error_by_distance(frames, predictions, bins=np.arange(-6.0, 6.5, 1.0))
 
 
 # ---------------------------------------------------------------- equation of state
-
-
-def fit_eos(volumes: Sequence[float], energies: Sequence[float]) -> Dict:
-    """Birch-Murnaghan fit per atom: V0 (A^3/atom), E0 (eV/atom), B0 (GPa), B0'."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ase warns of a minimum outside; checked below
-            eos = EquationOfState(list(volumes), list(energies), eos="birchmurnaghan")
-            eos.fit()
-        e0, b0, bp, v0 = eos.eos_parameters
-    except (RuntimeError, ValueError) as e:
-        return {"fit_failed": str(e)}
-    if b0 <= 0:
-        return {"fit_failed": "no minimum (B0 <= 0)"}
-    if not min(volumes) <= v0 <= max(volumes):
-        return {"fit_failed": f"minimum V0 = {v0:.2f} A^3 outside the sampled volumes"}
-    return {"V0": float(v0), "E0": float(e0), "B0_GPa": float(b0 / units.GPa), "B0_prime": float(bp)}
 
 
 def eos_curves(eos_frames: Sequence[Atoms], models: Sequence[ReportModel]) -> Dict:
@@ -721,12 +702,14 @@ def speedup(
         device: device of the models
         size: surface atoms along each direction of the slab
     """
+    from ase.io import write
+
     from nequip_moe.benchmarking import BenchOptions, run_benchmark
-    from structures import write_bench_slabs
+    from nequip_moe.benchmarking.structures import bench_slabs
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_bench_slabs(out_dir / "slab.xyz", sizes=[size])
+    write(out_dir / "slab.xyz", bench_slabs([size]), format="extxyz")
     options = BenchOptions(
         structure=str(out_dir / "slab.xyz"),
         model_files={k: str(v) for k, v in files.items()},

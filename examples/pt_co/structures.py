@@ -1,4 +1,4 @@
-"""Pt + CO structures of the example, its benchmarks and the tests: the one place they are built.
+"""Pt + CO structures of the example and its benchmarks: the one place they are built.
 
 - ``pt111_slab`` / ``add_co``: the Pt(111) slab and CO adsorbate every builder starts from;
 - the data stage's frame kinds (``bulk_eos`` ... ``md_snapshots``), each tagged with its kind,
@@ -6,26 +6,23 @@
   stepped (211) / (331) slabs with CO on top, bridge and hollow sites (``surface_sites``),
   bulk with vacancies and thick (111) slabs;
 - ``split_crystal``: the perfect fcc crystal split into a big and a small half (interface test);
-- ``BenchSlab``: large rattled slabs with CO on a grid of top sites for ``nequip-moe bench``
-  (``python examples/pt_co/structures.py bench-slabs OUT.xyz`` writes them);
-- ``slab_with_co`` / ``make_frames`` / ``label_regions``: the tests' tiny labelled frames;
+- ``BenchSlab``: ``nequip-moe bench``'s slabs (``nequip_moe.benchmarking.structures``);
 - ``attach_labels`` / ``emt_labelled``: reference energy, forces and stress from a calculator.
 """
 
-import argparse
-import dataclasses
 import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.build import add_adsorbate, bulk, fcc111, fcc211, molecule, surface
+from ase.build import add_adsorbate, bulk, fcc111, fcc211, surface
 from ase.cluster import Octahedron
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
+
+import nequip_moe.benchmarking.structures
 
 PT_A0 = 3.92  # EMT lattice constant of Pt (A); the data stage builds at its labeller's a0
 CO_BOND = 1.15
@@ -424,107 +421,5 @@ def split_crystal(a: float, strain: float = 0.0, repeat=(2, 2, 6)) -> Atoms:
 
 # ---------------------------------------------------------------- benchmark slabs
 
-
-@dataclasses.dataclass(frozen=True)
-class BenchSlab:
-    """A Pt(111) slab with CO on top sites, rebuilt identically from these numbers.
-
-    Args:
-        size: surface atoms along each in-plane direction (``size x size`` per layer)
-        layers: Pt layers
-        co_spacing: one CO on every ``co_spacing``-th top site along both directions
-        rattle: standard deviation of random displacements (Angstrom)
-        seed: seed of the displacements
-        vacuum: vacuum on each side of the slab (Angstrom)
-    """
-
-    size: int
-    layers: int = 8
-    co_spacing: int = 4
-    rattle: float = 0.02
-    seed: int = 0
-    vacuum: float = 6.0
-
-    def build(self) -> Atoms:
-        slab = pt111_slab((self.size, self.size, self.layers), vacuum=self.vacuum)
-        for j in range(0, self.size, self.co_spacing):
-            for i in range(0, self.size, self.co_spacing):
-                add_co(slab, "ontop", (i, j))
-        slab.info = {"kind": "bench_slab", **dataclasses.asdict(self)}
-        slab.pbc = True
-        rng = np.random.default_rng(self.seed)
-        slab.positions += rng.normal(0.0, self.rattle, slab.positions.shape)
-        return slab
-
-
-# ---------------------------------------------------------------- the tests' tiny frames
-
-
-def label_regions(atoms: Atoms, depth: float = 2.5) -> np.ndarray:
-    """0 (big) for C, O and Pt within ``depth`` of the top Pt layer; 1 (small) for the rest."""
-    is_pt = atoms.numbers == 78
-    top = atoms.positions[is_pt, 2].max() if is_pt.any() else 0.0
-    big = ~is_pt | (atoms.positions[:, 2] > top - depth)
-    return np.where(big, 0, 1).astype(np.int64)
-
-
-def slab_with_co(size=(2, 2, 3), site="ontop", rattle=0.05, seed=0) -> Atoms:
-    """Small periodic Pt(111) slab, 5 A vacuum, with one ase ``molecule("CO")`` (O first)."""
-    slab = pt111_slab(size, vacuum=5.0)
-    add_adsorbate(slab, molecule("CO"), 1.9, site, mol_index=1)
-    slab.pbc = True
-    slab.info.pop("adsorbate_info", None)
-    rng = np.random.default_rng(seed)
-    slab.positions += rng.normal(0.0, rattle, slab.positions.shape) * np.where(
-        slab.numbers == 78, 1.0, 0.3
-    )[:, None]
-    return slab
-
-
-def labelled(atoms: Atoms, expert=None) -> Atoms:
-    """EMT-labelled copy with the ``expert`` array (default ``label_regions``)."""
-    atoms = atoms.copy()
-    atoms.arrays["expert"] = label_regions(atoms) if expert is None else expert
-    return emt_labelled(atoms)
-
-
-def make_frames(num_slabs: int = 6, num_bulk: int = 2, seed: int = 0) -> List[Atoms]:
-    """Tiny EMT-labelled frames: slabs with CO on each kind of site, then rattled bulk cells."""
-    sites = ("ontop", "fcc", "hcp", "bridge")
-    frames = [labelled(slab_with_co(site=sites[i % 4], seed=seed + i)) for i in range(num_slabs)]
-    rng = np.random.default_rng(seed)
-    for i in range(num_bulk):
-        pt = bulk("Pt", "fcc", a=PT_A0 * (0.98 + 0.02 * i), cubic=True)
-        pt.positions += rng.normal(0.0, 0.05, pt.positions.shape)
-        frames.append(labelled(pt, expert=np.full(len(pt), 1, dtype=np.int64)))
-    return frames
-
-
-# ---------------------------------------------------------------- command line
-
-
-def write_bench_slabs(path, sizes: Sequence[int], layers: int = 8, co_spacing: int = 4,
-                      seed: int = 0) -> List[Atoms]:
-    """Write ``BenchSlab`` s of every size to one extxyz file (the input of ``nequip-moe bench``)."""
-    frames = [BenchSlab(size, layers, co_spacing, seed=seed).build() for size in sizes]
-    write(path, frames, format="extxyz")
-    return frames
-
-
-def main(args: Optional[Sequence[str]] = None):
-    parser = argparse.ArgumentParser(description="Write Pt(111) + CO benchmark slabs (extxyz).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    slabs = sub.add_parser("bench-slabs", help="slabs of BenchSlab for nequip-moe bench --structure")
-    slabs.add_argument("out", help="extxyz file")
-    slabs.add_argument("--sizes", type=int, nargs="+", default=[6, 8, 11, 16],
-                       help="surface atoms along each direction (default: %(default)s)")
-    slabs.add_argument("--layers", type=int, default=8, help="Pt layers (default: %(default)s)")
-    slabs.add_argument("--co-spacing", type=int, default=4,
-                       help="one CO on every n-th top site (default: %(default)s)")
-    args = parser.parse_args(args)
-    frames = write_bench_slabs(args.out, args.sizes, args.layers, args.co_spacing)
-    print(f"wrote {len(frames)} slabs ({', '.join(str(len(a)) for a in frames)} atoms) to {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+# the library's (nequip-moe bench --slabs): Pt(111), CO (C down) on every 4th top site
+BenchSlab = nequip_moe.benchmarking.structures.BenchSlab
