@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
+from nequip_moe.validation.dynamics import nve_timestep_scaling
+
 from pt_co_frames import slab_with_co
 
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "pt_co"
@@ -258,7 +260,7 @@ def test_teacher_sanity_and_dt_scaling_with_emt():
     assert sanity["a0_A"] == pytest.approx((4 * fit["V0"]) ** (1 / 3))
     assert sanity["a0_A"] == pytest.approx(3.92, abs=0.01)
     slab = slab_with_co()
-    runs = measures.nve_timestep_scaling(EMT(), slab, steps=40, timestep_fs=1.0)
+    runs = nve_timestep_scaling(EMT(), slab, steps=40, timestep_fs=1.0)
     assert runs["2dt"]["steps"] == 20 and runs["2dt"]["timestep_fs"] == 2.0
     assert 1.5 <= runs["exponent"] <= 2.5  # Verlet: fluctuation ~ dt^2
     assert abs(runs["dt"]["drift_mev_per_atom_per_ps"]) < 0.5

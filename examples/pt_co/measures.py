@@ -16,8 +16,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.md.verlet import VelocityVerlet
-from ase.md.velocitydistribution import thermalize_momenta
 
 from nequip.integrations.ase import NequIPCalculator
 
@@ -591,56 +589,6 @@ def nve_structure(test_frames: Sequence[Atoms]) -> Optional[Atoms]:
     atoms.arrays["expert"] = label_experts(atoms)
     atoms.arrays["core"] = core_atoms(atoms).astype(np.int64)
     return atoms
-
-
-def nve_drift(calc, atoms: Atoms, steps: int, timestep_fs: float = 1.0, seed: int = 0) -> Dict:
-    """Velocity Verlet from 300 K: total-energy drift (linear fit) and largest excursion.
-
-    Args:
-        calc: ASE calculator
-        atoms: start structure (with ``expert`` labels for MoE calculators)
-        steps: number of steps
-        timestep_fs: timestep (fs)
-        seed: seed of the initial velocities
-    """
-    atoms = atoms.copy()
-    atoms.calc = calc
-    thermalize_momenta(atoms, temperature_K=300.0, rng=np.random.default_rng(seed))
-    dyn = VelocityVerlet(atoms, timestep_fs * units.fs)
-    energies = []
-    dyn.attach(lambda: energies.append(atoms.get_total_energy()), interval=1)
-    start = time.perf_counter()
-    dyn.run(steps)
-    seconds = time.perf_counter() - start
-    energies = np.array(energies) / len(atoms)
-    times_ps = np.arange(len(energies)) * timestep_fs / 1000.0
-    slope, intercept = np.polyfit(times_ps, energies, 1)
-    fluctuation = energies - (slope * times_ps + intercept)
-    return {
-        "atoms": len(atoms),
-        "steps": steps,
-        "timestep_fs": timestep_fs,
-        "drift_mev_per_atom_per_ps": float(1000.0 * slope),
-        "fluctuation_mev_per_atom": float(1000.0 * fluctuation.std()),
-        "max_deviation_mev_per_atom": float(1000.0 * np.abs(energies - energies[0]).max()),
-        "seconds_per_step": seconds / steps,
-        "energies_ev_per_atom": energies.tolist(),
-    }
-
-
-def nve_timestep_scaling(calc, atoms: Atoms, steps: int, timestep_fs: float = 1.0,
-                         seed: int = 0) -> Dict:
-    """NVE at ``timestep_fs`` (``steps`` steps) and at twice it (the same simulated time): the
-    drift of each, and the exponent ``p`` of the energy fluctuation ~ dt^p (Verlet: p = 2,
-    the mark of a conservative force field integrated correctly)."""
-    runs = {
-        "dt": nve_drift(calc, atoms, steps, timestep_fs, seed),
-        "2dt": nve_drift(calc, atoms, max(1, steps // 2), 2.0 * timestep_fs, seed),
-    }
-    small, large = (runs[k]["fluctuation_mev_per_atom"] for k in ("dt", "2dt"))
-    runs["fluctuation_ratio"] = large / small if small > 0 else None
-    runs["exponent"] = float(np.log2(large / small)) if small > 0 and large > 0 else None
-    return runs
 
 
 def lammps_nve(

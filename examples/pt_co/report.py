@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 from ase.io import read
 
+from nequip_moe.validation.dynamics import nve_timestep_scaling
+
 from claims import baseline_claims, family_claims, teacher_claims
 from measures import (
     ATOM_CLASSES,
@@ -34,7 +36,6 @@ from measures import (
     lammps_nve,
     lattice_constant,
     nve_structure,
-    nve_timestep_scaling,
     predict,
     response_beyond_cutoff,
     shared_bulk_frames,
