@@ -378,10 +378,12 @@ def bench_jobs(layout: Layout, pipeline: Pipeline, device: str) -> List[Job]:
     summary = layout.data / "summary.json"
 
     def bench(threads_):
-        from structures import write_bench_slabs
+        from ase.io import write
+
+        from nequip_moe.benchmarking.structures import bench_slabs
 
         hf_fraction = json.loads(summary.read_text())["test_hf_fraction"]
-        write_bench_slabs(slab, sizes=[BENCH_SLAB_SIZE])
+        write(slab, bench_slabs([BENCH_SLAB_SIZE]), format="extxyz")
         pipeline.command(
             "bench",
             ["nequip-moe", "bench", "--structure", slab,
