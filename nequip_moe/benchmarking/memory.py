@@ -103,7 +103,9 @@ def measure_memory(
 def memory_section(
     models: Dict[str, BenchModel], atoms: ase.Atoms, fraction: float, device: torch.device
 ) -> Dict:
-    """Peak memory of the MoE (at ``fraction``) and of both experts alone on one structure."""
+    """Peak memory of the MoE (at ``fraction``) and of both experts alone on one structure;
+    ``moe_over_big`` is ``None`` when all-big's call stays within memory the process had
+    already (0 bytes measured: a tiny model on a small structure)."""
     result = {
         "n_atoms": len(atoms),
         "hf_fraction_target": fraction,
@@ -114,5 +116,6 @@ def memory_section(
     }
     for name, model in models.items():
         result[name] = measure_memory(model, atoms, fraction, device)
-    result["moe_over_big"] = result["moe"]["call_bytes"] / result["big"]["call_bytes"]
+    big = result["big"]["call_bytes"]
+    result["moe_over_big"] = result["moe"]["call_bytes"] / big if big > 0 else None
     return result

@@ -59,9 +59,11 @@ def summary(results: Dict, mode: str) -> str:
         per_model = ", ".join(
             f"{name} {memory[name]['call_bytes'] / 2**20:.0f} MiB" for name in MODEL_NAMES
         )
+        ratio = memory["moe_over_big"]
         lines.append(
-            f"peak memory at N={memory['n_atoms']}: {per_model} "
-            f"(moe / big {memory['moe_over_big']:.2f})"
+            f"peak memory at N={memory['n_atoms']}: {per_model} (moe / big "
+            + ("n/a: all-big's call measured 0 bytes" if ratio is None else f"{ratio:.2f}")
+            + ")"
         )
     capacity = results.get("capacity")
     if capacity is not None:
