@@ -114,6 +114,23 @@ def test_distilled_frames_take_the_big_experts_labels_on_shared_bulk():
                    if len(a) == len(b))
 
 
+def test_distilled_cells_reach_past_the_labellers_strains():
+    """The big expert labels its extra bulk cells up to ``isotropic_strain`` (the labeller's
+    strained cells stop at ``ISOTROPIC_STRAIN`` plus the shear part)."""
+    from ase.calculators.lj import LennardJones
+
+    def strains(isotropic_strain):
+        cells = example_data.distilled_frames(
+            [], LennardJones(sigma=2.5, epsilon=0.5, rc=5.0), extra=40,
+            isotropic_strain=isotropic_strain)
+        v0 = structures.PT_A0 ** 3 / 4.0
+        return np.array([(a.get_volume() / len(a) / v0) ** (1 / 3) - 1 for a in cells])
+
+    narrow, wide = strains(structures.ISOTROPIC_STRAIN), strains(0.05)
+    assert np.abs(narrow).max() < structures.ISOTROPIC_STRAIN + 1.5 * structures.SHEAR_STRAIN
+    assert wide.min() < -0.04 and wide.max() > 0.04
+
+
 class TinyModel:
     """A stand-in for ``measures.ReportModel``: an untrained tiny MoE (or one expert alone)."""
 

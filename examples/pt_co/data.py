@@ -40,6 +40,7 @@ from structures import (
     attach_labels,
     bulk_columns,
     EOS_SCALES,
+    ISOTROPIC_STRAIN,
     bulk_eos,
     bulk_eos_heldout,
     bulk_strained,
@@ -339,7 +340,7 @@ def make_dataset(
 
 def distilled_frames(
     frames: Sequence[Atoms], calc, extra: int, seed: int = 1, columns: int = 0,
-    a0: float = PT_A0,
+    a0: float = PT_A0, isotropic_strain: float = ISOTROPIC_STRAIN,
 ) -> List[Atoms]:
     """Training frames of the staged MoE, whose big expert is frozen: ``frames`` with every
     wholly shared frame (all atoms ``shared``: bulk Pt) relabelled by ``calc`` (the frozen big
@@ -350,7 +351,9 @@ def distilled_frames(
     On shared bulk the small expert should learn the big expert, not the labeller: with the
     labeller's targets there the data terms pull it away from what the agreement terms ask
     (the big expert's error), and the experts' bulk response cannot match. Extra cells cost one
-    forward pass of the big expert each.
+    forward pass of the big expert each, so they can reach volumes the labeller's data does not
+    (``isotropic_strain`` past the training split's): there the small expert learns the big
+    expert's extrapolation instead of making its own.
 
     Args:
         frames: the training split (with ``shared`` arrays)
@@ -359,13 +362,15 @@ def distilled_frames(
         seed: seed of the extra cells' strains and rattles
         columns: number of extra long bulk cells
         a0: lattice constant (A) of the extra cells (the data's, ``summary.json``)
+        isotropic_strain: largest isotropic linear strain of the extra cells
     """
     shared = [i for i, atoms in enumerate(frames) if atoms.arrays["shared"].all()]
     distilled = list(frames)
     for i, atoms in zip(shared, attach_labels([frames[i] for i in shared], calc)):
         distilled[i] = atoms
     rng = np.random.default_rng(seed)
-    cells = bulk_strained(extra, rng, a0=a0) + bulk_columns(columns, rng, a0=a0)
+    cells = (bulk_strained(extra, rng, a0, isotropic_strain)
+             + bulk_columns(columns, rng, a0=a0, isotropic_strain=isotropic_strain))
     for atoms in cells:
         atoms.info["kind"] = "bulk_distil"
     return distilled + add_region_arrays(attach_labels(cells, calc))

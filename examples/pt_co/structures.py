@@ -132,29 +132,31 @@ ISOTROPIC_STRAIN = 0.02
 SHEAR_STRAIN = 0.01
 
 
-def _strain_and_rattle(atoms: Atoms, rng: np.random.Generator, kind: str) -> Atoms:
-    """``atoms`` under a random isotropic strain <= ``ISOTROPIC_STRAIN`` plus a random
+def _strain_and_rattle(atoms: Atoms, rng: np.random.Generator, kind: str,
+                       isotropic_strain: float = ISOTROPIC_STRAIN) -> Atoms:
+    """``atoms`` under a random isotropic strain <= ``isotropic_strain`` plus a random
     symmetric strain <= ``SHEAR_STRAIN`` per component, rattled by 0.02-0.1 A, as ``kind``."""
     strain = rng.uniform(-SHEAR_STRAIN, SHEAR_STRAIN, (3, 3))
-    isotropic = rng.uniform(-ISOTROPIC_STRAIN, ISOTROPIC_STRAIN)
+    isotropic = rng.uniform(-isotropic_strain, isotropic_strain)
     strain = 0.5 * (strain + strain.T) + isotropic * np.eye(3)
     atoms.set_cell(atoms.cell @ (np.eye(3) + strain), scale_atoms=True)
     return with_kind(rattle(atoms, rng, rng.uniform(0.02, 0.1)), kind)
 
 
-def bulk_strained(n: int, rng: np.random.Generator, a0: float = PT_A0) -> List[Atoms]:
+def bulk_strained(n: int, rng: np.random.Generator, a0: float = PT_A0,
+                  isotropic_strain: float = ISOTROPIC_STRAIN) -> List[Atoms]:
     """32- or 108-atom cells at ``a0``, strained and rattled (``_strain_and_rattle``)."""
     cells = (pt_bulk(a0, repeat=3 if i % 5 == 4 else 2) for i in range(n))
-    return [_strain_and_rattle(atoms, rng, "bulk_strained") for atoms in cells]
+    return [_strain_and_rattle(atoms, rng, "bulk_strained", isotropic_strain) for atoms in cells]
 
 
-def bulk_columns(n: int, rng: np.random.Generator, length: int = 6, a0: float = PT_A0
-                 ) -> List[Atoms]:
+def bulk_columns(n: int, rng: np.random.Generator, length: int = 6, a0: float = PT_A0,
+                 isotropic_strain: float = ISOTROPIC_STRAIN) -> List[Atoms]:
     """2 x 2 x ``length`` conventional cells at ``a0`` (96 atoms at the default), strained and
     rattled (``_strain_and_rattle``): long along z, so that a cut normal to z (the interface
     term's) leaves each half wider than twice the cutoff, like the split perfect crystal."""
     cells = (pt_bulk(a0, repeat=1).repeat((2, 2, length)) for _ in range(n))
-    return [_strain_and_rattle(atoms, rng, "bulk_column") for atoms in cells]
+    return [_strain_and_rattle(atoms, rng, "bulk_column", isotropic_strain) for atoms in cells]
 
 
 def _random_co(slab: Atoms, site: str, offset, rng: np.random.Generator, height=None) -> None:
