@@ -68,3 +68,38 @@ def test_bad_inputs_write_nothing(tmp_path, pt_co_frames_file, big_model, case, 
     assert message in capsys.readouterr().err
     assert out.read_text() == "kept\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["distilled.xyz", "frames.xyz"]
+
+
+def test_added_bulk_cells_span_the_strains_with_the_models_labels(tmp_path, pt_co_frames_file, big_model, capsys):
+    """``--cells N --bulk``: N strained copies of the bulk crystal, labelled by the model, every
+    atom on the low-fidelity expert; strains spread over the whole range."""
+    from ase.build import bulk
+
+    bulk_file = tmp_path / "bulk.xyz"
+    write(bulk_file, bulk("Pt", "fcc", a=3.92, cubic=True))
+    out = tmp_path / "distilled.xyz"
+    args = ["distil", str(pt_co_frames_file), "--model", str(big_model), "--out", str(out),
+            "--cells", "6", "--bulk", str(bulk_file), "--strain", "0.05"]
+    assert main(args) == 0
+    assert "6 strained bulk cells" in capsys.readouterr().out
+    frames = read(out, ":")
+    before = read(pt_co_frames_file, ":")
+    assert len(frames) == len(before) + 6
+    cells = frames[len(before):]
+    calc = plain_calculator(big_model)
+    v0 = 3.92 ** 3 / 4
+    strains = sorted((a.get_volume() / len(a) / v0) ** (1 / 3) - 1 for a in cells)
+    assert strains[0] < -0.03 and strains[-1] > 0.03  # one per sixth of [-5 %, 5 %], +-1 % shear
+    for atoms in cells:
+        assert (atoms.arrays["expert"] == 1).all() and atoms.cell.lengths().min() >= 4.0
+        probe = atoms.copy()
+        probe.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(probe.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(atoms.get_forces(), probe.get_forces(), atol=1e-6)
+    # the same seed gives the same cells; a missing bulk file is refused with nothing written
+    again = tmp_path / "again.xyz"
+    assert main([*args[:5], str(again), *args[6:]]) == 0
+    np.testing.assert_array_equal(read(again, -1).positions, frames[-1].positions)
+    missing = tmp_path / "missing.xyz"
+    assert main([*args[:5], str(missing), "--cells", "2"]) == 2
+    assert "needs" in capsys.readouterr().err and not missing.exists()

@@ -68,6 +68,9 @@ def test_recipe_kinds_and_strains():
         if atoms.info["kind"] == "bulk":  # isotropic <= 4.5 % plus symmetric <= 1.5 % per component
             ratio = (atoms.get_volume() / len(atoms) / (A0**3 / 2)) ** (1 / 3)
             assert 0.955 - 0.03 < ratio < 1.045 + 0.03
+    # the equation of state: the perfect 2-atom cell, compressed and expanded
+    eos = [(a.get_volume() / 2 / (A0**3 / 2)) ** (1 / 3) - 1 for a in frames if a.info["kind"] == "eos"]
+    assert len(eos) == counts.eos >= 2 and min(eos) < 0 < max(eos) and max(map(abs, eos)) <= 0.045
     # another seed draws other frames (the held-out test set)
     other = fe_h_data.structures(A0, counts, seed=1)
     assert not np.allclose(frames[0].positions, other[0].positions)
@@ -108,7 +111,7 @@ def test_generator_files_and_assign_labels(tmp_path, capsys):
         big = atoms.arrays["expert"] == 0
         kind = atoms.info["kind"]
         assert big[atoms.numbers == 1].all()  # H is always high fidelity
-        if kind in ("bulk", "column"):
+        if kind in ("eos", "bulk", "column"):
             assert not big.any()
         else:  # H, its neighbours, surfaces and vacancy neighbours, with a small-expert bulk
             assert big.any() and not big.all(), kind

@@ -39,7 +39,7 @@ def nequip_expert(num_layers, **overrides):
 
 
 DEEP_NEQUIP = copy.deepcopy(NEQUIP_ALLEGRO)
-DEEP_NEQUIP["experts"] = {"big": nequip_expert(3), "small": nequip_expert(4, r_max=3.6)}
+DEEP_NEQUIP["experts"] = {"big": nequip_expert(2), "small": nequip_expert(3, r_max=3.6)}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def deep_nequip_moe():
 
 @pytest.fixture(scope="module")
 def deep_nequip_pt2(deep_nequip_moe, tmp_path_factory):
-    """The routed MoE of a 3- and a 4-layer NequIP expert, AOTI-compiled for the ASE target (once)."""
+    """The routed MoE of a 2- and a 3-layer NequIP expert, AOTI-compiled for the ASE target (once)."""
     atoms = pt_co_slab(size=(2, 2, 2))
     data = ASE_TARGET["data_settings"](typed_graph(atoms, DEEP_NEQUIP, half_labels(atoms)))
     path = str(tmp_path_factory.mktemp("export") / "deep_nequip.nequip.pt2")

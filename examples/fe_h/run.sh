@@ -12,7 +12,7 @@
 # Usage: examples/fe_h/run.sh   (from any folder; the nequip and nequip-moe tools on PATH)
 # Environment: OUT (default examples/fe_h/out), THREADS (torch threads of each command and
 # labelling processes; default: the cores, at most 2), LABELLER (sevenn | morse), BIG_EPOCHS,
-# SMALL_EPOCHS, MOE_EPOCHS, FORCE=1 (rerun steps whose outputs exist), ALLOW_FAIL=1 (deploy even when a
+# SMALL_EPOCHS, MOE_EPOCHS, DISTIL_CELLS, FORCE=1 (rerun steps whose outputs exist), ALLOW_FAIL=1 (deploy even when a
 # validation check fails). Every step's time and the machine's load go to OUT/timings.txt.
 set -euo pipefail
 
@@ -24,6 +24,7 @@ LABELLER="${LABELLER:-sevenn}"
 BIG_EPOCHS="${BIG_EPOCHS:-80}"
 SMALL_EPOCHS="${SMALL_EPOCHS:-30}"
 MOE_EPOCHS="${MOE_EPOCHS:-40}"
+DISTIL_CELLS="${DISTIL_CELLS:-40}"
 FORCE="${FORCE:-0}"
 # torch threads: THREADS per command; idle threads sleep instead of spinning (shared cores)
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" OMP_WAIT_POLICY=passive
@@ -90,10 +91,12 @@ shifts = json.load(open(sys.argv[1]))["energy_shifts"]
 print("{" + ",".join(f"{e}:{v:.6f}" for e, v in shifts.items()) + "}")' "$DATA/summary.json")"
 train big fe_h_big "$BIG_EPOCHS" "$DATA/labelled.xyz" "energy_shifts=$shifts"
 train small fe_h_small "$SMALL_EPOCHS" "$DATA/labelled.xyz" "energy_shifts=$shifts"
-# the bulk frames (every atom small) relabelled by all-big: there the small expert learns the
-# frozen big expert, not the labeller (where the two differ the experts could not agree)
+# the bulk frames (every atom small) relabelled by all-big, plus DISTIL_CELLS strained bulk
+# cells it labels: there the small expert learns the frozen big expert, not the labeller
+# (where the two differ the experts could not agree)
 step distil "$DATA/distilled.xyz" \
-    nequip-moe distil "$DATA/labelled.xyz" --model "$MODELS/big.nequip.zip" --out "$DATA/distilled.xyz"
+    nequip-moe distil "$DATA/labelled.xyz" --model "$MODELS/big.nequip.zip" --out "$DATA/distilled.xyz" \
+    --cells "$DISTIL_CELLS" --bulk "$DATA/bulk.xyz"
 train moe fe_h_staged "$MOE_EPOCHS" "$DATA/distilled.xyz" "energy_shifts=$shifts" \
     "big_model=$OUT/train/big/best.ckpt" "small_model=$OUT/train/small/best.ckpt"
 

@@ -276,33 +276,71 @@ def lattice_constant(fit: Dict, default: float) -> float:
 
 def split_crystal_forces(
     models: Sequence[ReportModel], a0: float, strains: Sequence[float] = SPLIT_STRAINS,
-    repeat=(2, 2, 8),
+    receptive_radius: Optional[float] = None,
 ) -> Dict:
-    """Max and RMS force norm (meV/A) of every model on the split perfect crystal
-    (``structures.split_crystal``: big half / small half, periodic) at each strain. The
-    reference force is zero on every atom by symmetry: any force is the interface's artefact.
-    Models without expert labels (all-big) see the same crystal and are the numerical control.
+    """Max and RMS force norm (meV/A) of every model on perfect fcc Pt split between the
+    experts by the (100), (110) and (111) planes and by a sphere of big-expert atoms in a
+    small-expert matrix (``nequip_moe.validation.crystal.split_geometries``: interfaces farther
+    apart than twice the receptive radius), at each strain. The reference force is zero on every
+    atom by symmetry: any force is the interface's artefact. Models without expert labels
+    (all-big) see the same crystals and are the numerical control. Each strain's row gives the
+    largest max |F| over the geometries (``geometry``: which) and the RMS over all their atoms.
 
     Args:
         models: models to evaluate
         a0: zero-strain lattice constant (A), the reference's
         strains: isotropic linear strains
-        repeat: conventional cells along x, y, z (the split is along z)
+        receptive_radius: how far (A) an atom's energy reaches (default: the largest expert
+            cutoff of the MoE models)
     """
-    from structures import split_crystal
+    from nequip_moe.validation.crystal import split_geometries, strained
 
-    frames = [split_crystal(a0, strain, repeat) for strain in strains]
-    result = {"a0": a0, "strains": list(strains), "atoms": len(frames[0]), "models": {}}
+    from structures import pt_bulk
+
+    if receptive_radius is None:
+        receptive_radius = max(max(expert_cutoffs(m)) for m in models if m.is_moe)
+    geometries = split_geometries(pt_bulk(a0, repeat=1), receptive_radius)
+    result = {"a0": a0, "strains": list(strains), "receptive_radius_a": float(receptive_radius),
+              "geometries": {name: len(atoms) for name, atoms in geometries.items()},
+              "atoms": sum(len(atoms) for atoms in geometries.values()), "models": {}}
     for model in models:
+        calc = model.calculator()
+        norms = {name: [1000.0 * np.linalg.norm(p["forces"], axis=1) for p in
+                        predict(calc, [strained(atoms, s) for s in strains])]
+                 for name, atoms in geometries.items()}
         rows = []
-        for atoms, pred in zip(frames, predict(model.calculator(), frames)):
-            norms = 1000.0 * np.linalg.norm(pred["forces"], axis=1)
-            rows.append({"strain": atoms.info["strain"], "max_force_mev_per_a": float(norms.max()),
-                         "rms_force_mev_per_a": float(np.sqrt(np.mean(norms ** 2)))})
+        for k, strain in enumerate(strains):
+            largest = max(norms, key=lambda name: norms[name][k].max())
+            every = np.concatenate([norms[name][k] for name in norms])
+            rows.append({"strain": float(strain), "geometry": largest,
+                         "max_force_mev_per_a": float(norms[largest][k].max()),
+                         "rms_force_mev_per_a": float(np.sqrt(np.mean(every ** 2)))})
+        worst = max(rows, key=lambda r: r["max_force_mev_per_a"])
         result["models"][model.name] = {
-            "rows": rows, "worst_max_force_mev_per_a": max(r["max_force_mev_per_a"] for r in rows),
+            "rows": rows, "worst_max_force_mev_per_a": worst["max_force_mev_per_a"],
+            "worst_geometry": worst["geometry"],
         }
     return result
+
+
+def interface_penalty(model: ReportModel, frames: Sequence[Atoms], moe: Sequence[Dict]) -> Dict:
+    """The MoE's force MAE on small-expert atoms within the small expert's cutoff of the big
+    region over its own small expert's alone (every Pt relabelled small) on the same atoms:
+    what the interface adds to the small expert's error (1.0: nothing;
+    ``nequip_moe.validation.interface.interface_penalty``).
+
+    Args:
+        model: the MoE
+        frames: labelled frames with ``expert`` arrays
+        moe: the MoE's predictions on them (``predict``)
+    """
+    from nequip_moe.validation.interface import interface_penalty as penalty
+    from nequip_moe.validation.models import ModelUnderTest
+
+    under_test = ModelUnderTest(model.path, model.device)
+    alone = predict(under_test.expert_calculator(under_test.low), frames)
+    high = [a.arrays["expert"] == BIG for a in frames]
+    return penalty(frames, high, moe, alone, under_test.expert_r_max[under_test.low])
 
 
 def unseen_interface_forces(calc: NequIPCalculator, atoms: Atoms, r_cut: float) -> np.ndarray:

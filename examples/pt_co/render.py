@@ -93,7 +93,8 @@ def plot_split_crystal(ax, report: Dict) -> bool:
     ax.set_ylim(bottom=0.0)
     ax.set_xlabel("isotropic strain (%)")
     ax.set_ylabel("max |F| (meV/A); reference 0")
-    ax.set_title(f"split perfect crystal ({split['atoms']} atoms, half big / half small)")
+    ax.set_title(f"split perfect crystals ({len(split.get('geometries', {})) or 1} cuts, "
+                 f"{split['atoms']} atoms)")
     ax.legend(fontsize=8)
     return True
 
@@ -240,9 +241,9 @@ def markdown(report: Dict, figures: Sequence[str], extra: Optional[Sequence[str]
         outside = report["eos"].get("outside_training") or []
         if any(outside):
             volumes = [f"{v:.2f}" for v, out in zip(report["eos"]["volumes"], outside) if out]
-            lines += [f"Held-out volumes beyond the bulk volumes trained on (data summary's "
-                      f"`train_bulk_strain` {report['data'].get('train_bulk_strain')}): "
-                      f"{', '.join(volumes)} A^3/atom of {len(outside)}.", ""]
+            lines += [f"Held-out volumes beyond the labeller's bulk volumes trained on (data "
+                      f"summary's `train_bulk_strain` {report['data'].get('train_bulk_strain')}): "
+                      f"{', '.join(volumes)} A^3/atom of {len(outside)}.{_distilled(report)}", ""]
     lines += interface_lines(report)
     lines += buffer_lines(report)
 
@@ -325,17 +326,29 @@ def kind_lines(report: Dict) -> List[str]:
     return lines + _table(["kind", "frames", *(titles[n] for n in report["errors"])], rows) + [""]
 
 
+def _distilled(report: Dict) -> str:
+    """What the staged MoEs' distilled bulk cells (the big expert's labels) span, if any."""
+    sizes = report.get("notes", {}).get("sizes", {})
+    if not sizes.get("distil_cells") or "distil_strain" not in sizes:
+        return ""
+    return (f" The staged MoEs' small experts also trained on {sizes['distil_cells']} bulk cells "
+            f"labelled by the big expert, isotropic strain within +-{100 * sizes['distil_strain']:.0f} %.")
+
+
 def interface_lines(report: Dict) -> List[str]:
     titles = report["models"]
     lines = []
     split = report.get("split_crystal")
     if split:
         strains = split["strains"]
+        cuts = ", ".join(f"{name} ({atoms} atoms)" for name, atoms in split["geometries"].items())
         lines += ["## Split perfect crystal (interface test)", "",
-                  f"Perfect fcc Pt, {split['atoms']} atoms (a0 = {split['a0']:.3f} A, the "
-                  "reference's), lower half on the big expert, upper half on the small one, "
-                  "periodic (two planar interfaces). The reference force is zero on every atom by "
-                  "symmetry; max / RMS |F| (meV/A):", ""]
+                  f"Perfect fcc Pt (a0 = {split['a0']:.3f} A, the reference's) split between the "
+                  f"experts by periodic planes and by a sphere of big-expert atoms in a "
+                  f"small-expert matrix: {cuts}; interfaces farther apart than twice the "
+                  f"receptive radius ({split['receptive_radius_a']:.1f} A). The reference force "
+                  "is zero on every atom by symmetry; max |F| over the cuts / RMS over all their "
+                  "atoms (meV/A):", ""]
         rows = [[titles.get(n, n),
                  *(f"{r['max_force_mev_per_a']:.1f} / {r['rms_force_mev_per_a']:.1f}"
                    for r in m["rows"])]
@@ -344,7 +357,7 @@ def interface_lines(report: Dict) -> List[str]:
         lines += _table(["model", *(f"{100 * s:+.0f} %{' *' if out else ''}"
                                     for s, out in zip(strains, outside))], rows) + [""]
         if any(outside):
-            lines += ["\\* beyond the bulk strains trained on.", ""]
+            lines += [f"\\* beyond the labeller's bulk strains trained on.{_distilled(report)}", ""]
         beyond = split.get("beyond_small_cutoff")
         if beyond:
             lines += [f"The big expert's per-atom energies of the small half respond to "

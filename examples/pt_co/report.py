@@ -33,6 +33,7 @@ from measures import (
     expert_cutoffs,
     expert_disagreement,
     force_error_by_distance,
+    interface_penalty,
     lammps_nve,
     lattice_constant,
     nve_structure,
@@ -151,6 +152,10 @@ def make_report(
     report["force_error_vs_interface"] = {
         name: force_error_by_distance(test, p) for name, p in predictions.items()
     }
+    with section(f"interface penalty of {len(moes)} MoEs (their small experts alone)"):
+        report["interface_penalty"] = {
+            name: interface_penalty(by_name[name], test, predictions[name]) for name in moes
+        }
 
     eos_file = data_dir / "eos.xyz"
     eos_frames = read(eos_file, index=":") if eos_file.is_file() else []
