@@ -154,7 +154,9 @@ def test_configs_compose_as_nequip_train_composes_them():
         assert model.experts[name].path == f"/some/{name}.ckpt"
     assert list(model.frozen_experts) == ["big"]  # the small expert trains on
     terms = [m.name for m in staged.training_module.loss.extra_metrics]
-    assert terms == ["energy_agreement", "force_agreement", "frame_energy_agreement", "interface_force_agreement"]
+    assert terms == ["energy_agreement", "force_agreement", "frame_energy_agreement", "interface_force_agreement",
+                     "edge_gradient_agreement"]
+    assert model.cotraining_edge_gradients  # the edge-gradient term needs the per-expert gradients
 
 
 def test_readme_table_is_the_reference_validation():
