@@ -1,9 +1,10 @@
 """Step 1 of the Fe + H example: bcc Fe with H, labelled by an offline calculator, as extxyz.
 
 Builds, at the labeller's own bcc Fe lattice constant (fitted first on the 2-atom cubic cell):
-the perfect cell at strains across the equation of state, strained and rattled bulk cells (the equation of state the experts must share), long bulk
-columns, bulk cells with a vacancy, interstitial H in bulk (tetrahedral and octahedral sites),
-clean Fe(100) and Fe(110) slabs and the same slabs with 1-2 H on their surface sites; labels
+the perfect cell across the equation of state and strained, rattled bulk cells (the bulk
+response the experts must share), long bulk columns, bulk cells with a vacancy, interstitial
+H in bulk (tetrahedral and octahedral sites), clean Fe(100) and Fe(110) slabs and the same
+slabs with 1-2 H on their surface sites; labels
 each frame with energy, forces and stress, in single-thread worker processes; and writes
 
 - ``frames.xyz``: the training pool (``nequip-train`` splits it into train and validation);
