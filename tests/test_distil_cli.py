@@ -45,6 +45,20 @@ def test_bulk_frames_get_the_models_labels(tmp_path, pt_co_frames_file, big_mode
     assert relabelled == 2
 
 
+def test_all_frames_get_the_models_labels(tmp_path, pt_co_frames_file, big_model, capsys):
+    out = tmp_path / "distilled.xyz"
+    argv = ["distil", str(pt_co_frames_file), "--model", str(big_model), "--out", str(out), "--frames", "all"]
+    assert main(argv) == 0
+    assert "8 of 8 frames relabelled (all)" in capsys.readouterr().out
+    calc = plain_calculator(big_model)
+    for old, new in zip(read(pt_co_frames_file, ":"), read(out, ":")):
+        np.testing.assert_array_equal(old.arrays["expert"], new.arrays["expert"])
+        probe = old.copy()
+        probe.calc = calc
+        assert new.get_potential_energy() == pytest.approx(probe.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(new.get_forces(), probe.get_forces(), atol=1e-6)
+
+
 @pytest.mark.parametrize("case", ["no_expert", "unknown_element", "absent_label"])
 def test_bad_inputs_write_nothing(tmp_path, pt_co_frames_file, big_model, case, capsys):
     frames = read(pt_co_frames_file, ":")

@@ -7,8 +7,10 @@ the frozen expert: where those differ (the frozen expert's own error, e.g. in th
 modulus) the experts' bulk responses cannot match. This command replaces the energy, forces
 and stress of those frames by the model's (the all-high-fidelity model the frozen expert was
 trained as), so that on the bulk the low-fidelity expert learns the high-fidelity one; every
-other frame keeps its labels and arrays. It prints how far the model is from the labeller on
-the relabelled frames.
+other frame keeps its labels and arrays. With ``--frames all`` every frame is relabelled: the
+low-fidelity atoms of mixed frames then learn the high-fidelity model too, not the labeller
+(the MoE is trained to reproduce the all-high-fidelity model). It prints how far the model is
+from the labeller on the relabelled frames.
 
 With ``--cells N --bulk BULK`` it also adds N strained, lightly rattled copies of the host's
 bulk crystal labelled by the model (one forward pass each, no labeller): the low-fidelity
@@ -37,6 +39,13 @@ def add_parser(subparsers):
         default=None,
         help="the low-fidelity expert's label in `expert`: frames whose every atom has it are "
         "relabelled (default: the largest label in the file)",
+    )
+    parser.add_argument(
+        "--frames",
+        dest="which_frames",
+        choices=("bulk", "all"),
+        default="bulk",
+        help="which frames to relabel: `bulk` (every atom low-fidelity) or `all` (default: bulk)",
     )
     parser.add_argument(
         "--cells",
@@ -179,8 +188,9 @@ def run(args) -> int:
     bulk_frames = [i for i, atoms in enumerate(frames) if (atoms.arrays["expert"] == label).all()]
     if not bulk_frames:
         raise ValueError(f"{args.frames}: no frame has every atom labelled {label}: nothing to distil")
+    relabelled = range(len(frames)) if args.which_frames == "all" else bulk_frames
     energy_diff, force_diff = [], []
-    for i in bulk_frames:
+    for i in relabelled:
         atoms = frames[i]
         old = atoms.calc.results
         probe = atoms.copy()
@@ -206,7 +216,8 @@ def run(args) -> int:
 
     write_all_or_nothing([(args.out, lambda tmp: write(tmp, frames, format="extxyz"))])
     print(
-        f"{len(bulk_frames)} of {len(frames) - len(cells)} frames relabelled (every atom labelled {label}) by "
+        f"{len(relabelled)} of {len(frames) - len(cells)} frames relabelled "
+        f"({'all' if args.which_frames == 'all' else f'every atom labelled {label}'}) by "
         f"{args.model}: |energy - labeller's| {1000 * np.mean(energy_diff):.2f} meV/atom mean"
         + (f", force MAE {1000 * np.mean(force_diff):.1f} meV/A" if force_diff else "")
         + (f"; {len(cells)} strained bulk cells of {len(cells[0])} atoms added (isotropic "
