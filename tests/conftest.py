@@ -50,13 +50,16 @@ def require_lammps(*executables: str):
     return lammps
 
 
-def run_tool(args, cwd):
-    """Run a nequip / nequip-moe command line tool; show its output if it fails."""
+def run_tool(args, cwd, threads=None):
+    """Run a nequip / nequip-moe command line tool (with ``threads`` torch threads, if given);
+    show its output if it fails."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(
         [str(BIN / args[0]), *map(str, args[1:])],
         cwd=cwd,
         capture_output=True,
         text=True,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(
@@ -120,10 +123,12 @@ def compile_ase(package):
 
 
 def deploy_pair_allegro(package, out_dir, *options):
-    """`nequip-moe deploy --targets pair_allegro` of a package into `out_dir`; returns `out_dir`."""
+    """`nequip-moe deploy --targets pair_allegro` of a package into `out_dir`, run with two
+    torch threads (it compiles for one thread whatever its own); returns `out_dir`."""
     run_tool(
         ["nequip-moe", "deploy", package, "--targets", "pair_allegro", "--out-dir", out_dir, *options],
         cwd=out_dir,
+        threads=2,
     )
     return out_dir
 

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import zipfile
 
 import pytest
 import yaml
@@ -23,6 +24,21 @@ def test_deploy_writes_table_and_lammps_input(tiny_moe_deployed, tiny_moe_packag
     assert "newton          on" in script
     assert "pair_style      allegro" in script
     assert f"pair_coeff      * * tiny_moe_pair_allegro.nequip.pt2 {' '.join(table['type_names'])}" in script
+
+
+def openmp_regions(compiled_file) -> int:
+    """OpenMP parallel regions in the C++ kernels AOTInductor generated for a compiled file."""
+    with zipfile.ZipFile(compiled_file) as archive:
+        sources = [name for name in archive.namelist() if name.endswith(".cpp")]
+        assert sources, f"{compiled_file}: no generated C++ source in the archive"
+        return sum(archive.read(name).decode().count("#pragma omp parallel") for name in sources)
+
+
+def test_deploy_compiles_for_one_thread(tiny_moe_deployed):
+    """The fixture ran `deploy` with two torch threads; the kernels are still serial, as for
+    one thread per MPI rank (`integrations.compile`: compiled with two threads, the same MoE
+    gets OpenMP-parallel kernels that run slower on one thread)."""
+    assert openmp_regions(tiny_moe_deployed / "tiny_moe_pair_allegro.nequip.pt2") == 0
 
 
 def test_deploy_bad_input_keeps_existing_files(tmp_path, tiny_moe_deployed):
@@ -52,6 +68,7 @@ def test_deploy_writes_balanced_and_pair_nequip_inputs(tmp_path, monkeypatch, ca
     package.write_bytes(b"")
     monkeypatch.setattr(deploy, "read_metadata", lambda path: model_metadata("1 0", None))
     monkeypatch.setattr(deploy, "_run", lambda cmd, cwd: pathlib.Path(cmd[2]).write_bytes(b""))
+    monkeypatch.setattr(deploy, "compile_model", lambda model, out, *args, **kwargs: pathlib.Path(out).write_bytes(b""))
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"cost_weights": {"big": 6.5, "small": 1.0}}))
     args = ["deploy", str(package), "--out-dir", str(tmp_path / "out")]

@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 
 import data
+from nequip_moe.integrations.compile import COMPILE_THREADS
 from pipeline import Job, Pipeline
 
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parent
@@ -359,17 +360,20 @@ def model_jobs(layout: Layout, pipeline: Pipeline, model: Model, overrides: Sequ
     for target in model.compile_targets if device is not None else ():
         compiled = layout.compiled(model, target)
 
+        # compiled for the threads the files run with, whatever this job's share of the
+        # machine (Inductor writes them into its kernels: nequip_moe.integrations.compile)
         def compile_(threads_, compiled=compiled, target=target):
             tmp = compiled.with_name("tmp_" + compiled.name)
             pipeline.command(
                 f"compile_{model.name}_{target}",
                 ["nequip-compile", package, tmp, "--mode", "aotinductor", "--device", device,
-                 "--target", target], threads_,
+                 "--target", target], COMPILE_THREADS,
             )
             os.replace(tmp, compiled)
 
         jobs.append(Job(f"compile {model.name} --target {target}", [compiled], compile_,
-                        {"package": package, "device": device}, [f"package {model.name}"]))
+                        {"package": package, "device": device, "compile_threads": COMPILE_THREADS},
+                        [f"package {model.name}"]))
     return jobs
 
 
@@ -418,7 +422,7 @@ def bench_jobs(layout: Layout, pipeline: Pipeline, device: str) -> List[Job]:
             compiled_after, exclusive=True),
         Job("deploy moe", [layout.deployed_moe, layout.models / "moe.lammps.in"], deploy,
             {"package": layout.package(by_name("moe")), "bench": layout.bench,
-             "device": device}, ["bench"]),
+             "device": device, "compile_threads": COMPILE_THREADS}, ["bench"]),
     ]
 
 
@@ -449,7 +453,8 @@ def gated_jobs(layout: Layout, pipeline: Pipeline, device: str) -> List[Job]:
             {"big": big, "small": small, **code("adaptive_models.py")},
             ["package big", "train small"]),
         Job("deploy gated", [layout.models / f"gated_{t}.nequip.pt2" for t in ("ase", "pair_allegro")]
-            + [layout.models / "gated.lammps.in"], deploy, {"checkpoint": checkpoint, "device": device},
+            + [layout.models / "gated.lammps.in"], deploy,
+            {"checkpoint": checkpoint, "device": device, "compile_threads": COMPILE_THREADS},
             ["gated checkpoint"]),
     ]
 

@@ -3,8 +3,6 @@ model file or compiled with ``nequip-compile``, and how their inputs are built."
 
 import dataclasses
 import pathlib
-import subprocess
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +17,7 @@ from nequip.nn.graph_model import PER_EDGE_TYPE_CUTOFF_KEY
 
 from nequip_moe.composite import CompositeTypeTable
 from nequip_moe.benchmarking.options import MODEL_NAMES
+from nequip_moe.integrations.compile import compile_model
 from nequip_moe.integrations.model_files import is_compiled, load_model
 
 @dataclasses.dataclass
@@ -138,27 +137,6 @@ def load_bench_model(
     return BenchModel(name, model, metadata, str(path), experts)
 
 
-def compile_model(path, out, device: torch.device) -> str:
-    """``nequip-compile --mode aotinductor --target ase`` of a checkpoint or package.
-
-    Args:
-        path: checkpoint or ``.nequip.zip`` package
-        out: compiled file, ending in ``.nequip.pt2``
-        device: compile device
-    """
-    local = pathlib.Path(sys.executable).parent / "nequip-compile"
-    tool = str(local) if local.is_file() else "nequip-compile"
-    path, out = pathlib.Path(path).resolve(), pathlib.Path(out).resolve()
-    cmd = [tool, str(path), str(out), "--mode", "aotinductor", "--device", device.type,
-           "--target", "ase"]
-    # a checkpoint's training data paths may be relative to its folder
-    proc = subprocess.run(cmd, cwd=path.parent, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{(proc.stderr or proc.stdout)[-3000:]}")
-    return str(out)
-
-
 def prepare_models(
     files: Dict[str, str],
     eager: bool,
@@ -168,7 +146,8 @@ def prepare_models(
     log: Callable[[str], None],
 ) -> Dict[str, BenchModel]:
     """The timed models: compiled files as they are; checkpoints and packages compiled once
-    each with ``nequip-compile`` into ``out_dir``, unless ``eager``."""
+    each with ``nequip-compile`` into ``out_dir``, unless ``eager``, with the torch threads the
+    bench runs with (``integrations.compile``: Inductor writes them into its kernels)."""
     models = {}
     for name in MODEL_NAMES:
         path = files[name]
@@ -176,7 +155,9 @@ def prepare_models(
             out = pathlib.Path(out_dir) / f"{name}.nequip.pt2"
             log(f"nequip-compile {name} (AOTInductor, {device}) -> {out}")
             start = time.perf_counter()
-            path = compile_model(path, out, device)
+            source = pathlib.Path(path).resolve()
+            path = str(compile_model(source, out.resolve(), "ase", device.type,
+                                     torch.get_num_threads(), cwd=source.parent))
             log(f"  compiled {name} in {time.perf_counter() - start:.0f} s")
         models[name] = load_bench_model(name, path, device, hf_expert)
     return models

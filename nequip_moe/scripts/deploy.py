@@ -35,6 +35,7 @@ from nequip_moe.integrations.lammps_input import (
     lammps_input,
     parse_cost_weights,
 )
+from nequip_moe.integrations.compile import COMPILE_THREADS, compile_model
 from nequip_moe.integrations.lammps_locality import check_strictly_local
 from nequip_moe.integrations.model_files import GatedTypes, model_types, read_metadata
 
@@ -57,6 +58,14 @@ def add_parser(subparsers):
         "experts, pair_nequip (one MPI rank) works for any MoE",
     )
     parser.add_argument("--device", default="cpu", help="device to compile for (default: cpu)")
+    parser.add_argument(
+        "--compile-threads",
+        type=int,
+        default=COMPILE_THREADS,
+        help="threads (OpenMP, per MPI rank) the compiled files will run with: Inductor writes "
+        "the compile's thread count into its CPU kernels, and files compiled with more run "
+        f"slower on fewer (default: {COMPILE_THREADS}, pair_style allegro's one thread per rank)",
+    )
     parser.add_argument(
         "--out-dir", type=pathlib.Path, default=None, help="output folder (default: beside MODEL)"
     )
@@ -141,15 +150,14 @@ def run(args):
 
         compiled = {}
         for target in args.targets:
-            print(f"nequip-compile --target {target} --device {args.device}")
+            print(f"nequip-compile --target {target} --device {args.device} "
+                  f"({args.compile_threads} thread(s))")
             out = work / f"{name}_{target}.nequip.pt2"
-            _run(
-                [
-                    _tool("nequip-compile"), str(package), str(out),
-                    "--mode", "aotinductor", "--device", args.device, "--target", target,
-                ],
-                cwd=model.parent,
-            )
+            try:
+                compile_model(package, out, target, args.device, args.compile_threads,
+                              cwd=model.parent)
+            except RuntimeError as e:
+                raise ValueError(str(e)) from e
             compiled[target] = _replace(out, out_dir / out.name)
 
         types_file = work / f"{name}.types.yaml"
