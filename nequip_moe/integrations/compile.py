@@ -20,6 +20,12 @@ from typing import Dict
 COMPILE_THREADS = 1
 
 
+def nequip_tool(name: str) -> str:
+    """The nequip (or nequip-moe) command ``name`` of this Python environment, else on PATH."""
+    local = pathlib.Path(sys.executable).parent / name
+    return str(local) if local.is_file() else name
+
+
 def compile_environment(threads: int = COMPILE_THREADS) -> Dict[str, str]:
     """This process's environment with ``threads`` torch (OpenMP, MKL) threads, for a compile.
 
@@ -43,9 +49,7 @@ def compile_model(model, out, target: str, device: str = "cpu", threads: int = C
         threads: threads the compiled file will run with (default: one)
         cwd: folder to run in (a checkpoint's training data paths may be relative to its own)
     """
-    local = pathlib.Path(sys.executable).parent / "nequip-compile"
-    tool = str(local) if local.is_file() else "nequip-compile"
-    cmd = [tool, str(model), str(out), "--mode", "aotinductor", "--device", device,
+    cmd = [nequip_tool("nequip-compile"), str(model), str(out), "--mode", "aotinductor", "--device", device,
            "--target", target]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
                           env=compile_environment(threads))

@@ -24,7 +24,6 @@ which LAMMPS does not see), so ``--cost-weights`` is refused.
 import os
 import pathlib
 import subprocess
-import sys
 import tempfile
 
 import yaml
@@ -35,7 +34,7 @@ from nequip_moe.integrations.lammps_input import (
     lammps_input,
     parse_cost_weights,
 )
-from nequip_moe.integrations.compile import COMPILE_THREADS, compile_model
+from nequip_moe.integrations.compile import COMPILE_THREADS, compile_model, nequip_tool
 from nequip_moe.integrations.lammps_locality import check_strictly_local
 from nequip_moe.integrations.model_files import GatedTypes, model_types, read_metadata
 
@@ -97,12 +96,6 @@ def add_balance_arguments(parser):
     )
 
 
-def _tool(name: str) -> str:
-    """The nequip command of this environment."""
-    local = pathlib.Path(sys.executable).parent / name
-    return str(local) if local.is_file() else name
-
-
 def _run(cmd, cwd):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -145,7 +138,7 @@ def run(args):
         else:
             print(f"nequip-package build {model}")
             package = work / f"{name}.nequip.zip"
-            _run([_tool("nequip-package"), "build", str(model), str(package)], cwd=model.parent)
+            _run([nequip_tool("nequip-package"), "build", str(model), str(package)], cwd=model.parent)
             package = _replace(package, out_dir / package.name)
 
         compiled = {}
